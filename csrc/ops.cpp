@@ -1,0 +1,26 @@
+// The operator schemas of the dhvc_ext library (one TORCH_LIBRARY for all of them) and the module stub
+// that lets Python load this shared library with `import dhvc_ext._C`. Kernels register themselves per
+// device in csrc/cpu/ and csrc/cuda/ (TORCH_LIBRARY_IMPL); fakes and autograd live in dhvc_ext/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// A plain extension module with no methods: importing it runs the static registrations below. Going
+// through the CPython API directly keeps pybind11 out of the build.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(dhvc_ext, m) {
+  // nu, x: broadcastable tensors of one floating dtype (float32 or float64) on one device.
+  // Returns log I_nu(x), broadcast shape, same dtype.
+  m.def("log_bessel_iv(Tensor nu, Tensor x) -> Tensor");
+  // Returns I_{nu+1}(x) / I_nu(x).
+  m.def("bessel_iv_ratio(Tensor nu, Tensor x) -> Tensor");
+  // order in {1, 2}: d^order/dx^order of bessel_iv_ratio. The backward of the ratio (and its backward).
+  m.def("_bessel_iv_ratio_derivative(Tensor nu, Tensor x, int order) -> Tensor");
+  // kappa: float32 or float64 tensor; d >= 2 the ambient dimension. Returns log C_d(kappa).
+  m.def("vmf_log_normalizer(Tensor kappa, int d) -> Tensor");
+}

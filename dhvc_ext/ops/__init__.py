@@ -1,0 +1,9 @@
+"""The only door to the compiled kernels: every use of ``torch.ops.dhvc_ext`` goes through this package.
+
+Importing it loads ``dhvc_ext._C`` (which registers the ops with the dispatcher) and the Python
+registrations: fake kernels for torch.compile and autograd formulas.
+"""
+from dhvc_ext.ops._extension import OPS, cuda_available
+from dhvc_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv, vmf_log_normalizer
+
+__all__ = ["OPS", "bessel_iv_ratio", "cuda_available", "log_bessel_iv", "vmf_log_normalizer"]
