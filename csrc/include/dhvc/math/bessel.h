@@ -64,14 +64,16 @@ struct PerronParts {
 
 DHVC_HOST_DEVICE DHVC_INLINE PerronParts perron_parts(double nu, double x) {
   const double v = nu + 1.0;
+  // a_k = -c_k x with c_k = 2v + 2k - 1; products are split as (c / b) (x / b') so that nothing
+  // overflows for x up to the largest double.
   double b_prev = 2.0 * (v + x) + 1.0;  // b_1
-  double a = -(2.0 * v + 1.0) * x;      // a_1
-  const double f1 = a / b_prev;
+  double c = 2.0 * v + 1.0;             // c_1
+  const double f1 = -c * (x / b_prev);
   double t = 1.0, rho = 0.0, tail = 0.0;
   for (int k = 2; k < kMaxTerms; ++k) {
-    a -= 2.0 * x;  // a_k = a_{k-1} - 2x
+    c += 2.0;
     const double b = b_prev + 1.0;
-    const double e = (a / b_prev) / b;  // divided in two steps: b_prev * b overflows for x > 1e154
+    const double e = -(c / b_prev) * (x / b);
     const double q = e * (1.0 + rho);
     rho = -q / (1.0 + q);
     t *= rho;
