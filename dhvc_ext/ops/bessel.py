@@ -35,6 +35,22 @@ __all__ = ["log_bessel_iv", "bessel_iv_ratio", "vmf_log_normalizer"]
 _ops = torch.ops.dhvc_ext
 
 
+def _result_dtype(tensors):
+    """torch's type promotion restricted to what the kernels compute (float32 or float64).
+
+    As in torch, tensors with dimensions take precedence over 0-dim tensors, which take precedence over
+    Python numbers: the first of these groups holding a floating tensor decides, float64 if it has one, else
+    float32 (float16 and bfloat16 are computed in float32). With no floating tensor (integers, bools or
+    numbers only) the result is torch.get_default_dtype(). Written out rather than torch.result_type so that
+    torch.compile can trace it.
+    """
+    for group in ([v for v in tensors if v.dim() > 0], [v for v in tensors if v.dim() == 0]):
+        floats = [v.dtype for v in group if v.dtype.is_floating_point]
+        if floats:
+            return torch.float64 if torch.float64 in floats else torch.float32
+    return torch.get_default_dtype()
+
+
 def _promote(op, nu, x, names=("nu", "x")):
     """Turn (nu, x) into two tensors of one floating dtype on one device, following the rules above."""
     tensors = []
@@ -45,11 +61,7 @@ def _promote(op, nu, x, names=("nu", "x")):
             tensors.append(v)
         elif isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise TypeError(f"dhvc_ext.{op}: {name} must be a tensor or a real number, got {type(v).__name__}")
-    dtype = torch.result_type(nu, x) if tensors else torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        dtype = torch.get_default_dtype()
-    elif dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = _result_dtype(tensors)
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         # As in torch binary ops, a 0-dim CPU tensor may join a tensor on another device.
