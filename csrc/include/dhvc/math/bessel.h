@@ -26,6 +26,7 @@
 
 #include "dhvc/macros.h"
 #include "dhvc/math/debye_coefficients.h"
+#include "dhvc/math/eta_taylor.h"
 
 namespace dhvc {
 namespace math {
@@ -153,11 +154,19 @@ DHVC_HOST_DEVICE DHVC_INLINE double sqrt1pz2(double z) { return z < 1e150 ? sqrt
 //   log I_nu(nu z) = nu eta - log(2 pi nu) / 2 - log(s) / 2 + log sum_k u_k(p) / nu^k,
 // with the last three terms taken as one log, log((1 + sum_{k>=1}) / sqrt(nu s)) - log(2 pi) / 2: two logs
 // per element instead of four (the logs are most of the cost).
+// Near the root z0 of eta (|z - z0| < 0.01, where |log I| is small against nu), eta is a Taylor polynomial in
+// dz = (x - z0 nu) / nu, formed with one fma so that nu eta keeps its relative accuracy (eta_taylor.h).
 DHVC_HOST_DEVICE DHVC_INLINE double log_iv_olver(double nu, double x) {
   const double z = x / nu;
   const double s = sqrt1pz2(z);
   const double tail = debye_tail(nu, 1.0 / s);
-  return nu * (s + log(z / (1.0 + s))) + log((1.0 + tail) / sqrt(nu * s)) - 0.5 * kLog2Pi;
+  double eta;
+  if (fabs(z - kEtaRootHi) < kEtaRootWindow) {
+    eta = eta_near_root((fma(-kEtaRootHi, nu, x) - kEtaRootLo * nu) / nu);
+  } else {
+    eta = s + log(z / (1.0 + s));
+  }
+  return nu * eta + log((1.0 + tail) / sqrt(nu * s)) - 0.5 * kLog2Pi;
 }
 
 // Stirling's remainder lgamma(nu + 1) - (nu + 1/2) log(nu) + nu - log(2 pi) / 2
