@@ -1,0 +1,60 @@
+"""Shared fixtures for the pytest-benchmark suites (fixtures only: test files import nothing from here).
+
+Run: ``python -m pytest benchmarks/ -q --benchmark-json=results.json`` then
+``python benchmarks/summarize.py results.json``.
+"""
+import numpy as np
+import pytest
+import torch
+
+from dhvc_ext import reference
+
+N_ELEMENTS = 1_000_000
+SEED = 0
+DTYPES = ("float64", "float32")
+OPS_NEEDED = ("log_bessel_iv", "bessel_iv_ratio", "vmf_log_normalizer", "cuda_available")
+
+
+def _load_ops():
+    """Return (module, None) when our ops are usable, else (None, why not)."""
+    try:
+        from dhvc_ext import ops
+    except Exception as exc:  # an unbuilt or ABI-broken extension raises more than ImportError
+        return None, f"dhvc_ext.ops does not import: {exc!r}"
+    missing = [name for name in OPS_NEEDED if not hasattr(ops, name)]
+    if missing:
+        return None, f"dhvc_ext.ops lacks {missing}: build it with pip install --no-build-isolation -e ."
+    return ops, None
+
+
+@pytest.fixture(scope="session")
+def ops():
+    """dhvc_ext.ops, or a skip naming why it is unusable."""
+    module, why = _load_ops()
+    if module is None:
+        pytest.skip(why)
+    return module
+
+
+@pytest.fixture(scope="session")
+def cuda_ops(ops):
+    """dhvc_ext.ops when a GPU and our CUDA kernels are both present, else a skip with the reason."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch")
+    if not ops.cuda_available():
+        pytest.skip("dhvc_ext was built without CUDA kernels (FORCE_CUDA=1 to build them)")
+    return ops
+
+
+@pytest.fixture(scope="session")
+def bessel_inputs():
+    """dtype name -> (nu, x) as numpy arrays of that dtype: the distribution of reference.benchmark_inputs."""
+    nu, x = reference.benchmark_inputs(N_ELEMENTS, SEED)
+    return {name: (nu.astype(name), x.astype(name)) for name in DTYPES}
+
+
+@pytest.fixture(scope="session")
+def kappa_grid():
+    """dtype name -> N_ELEMENTS concentrations, log-spaced over [1e-2, 1e5], as numpy arrays."""
+    kappa = np.logspace(-2, 5, N_ELEMENTS)
+    return {name: kappa.astype(name) for name in DTYPES}
