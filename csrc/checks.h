@@ -25,4 +25,32 @@ inline void check_order(const char* op, int64_t order) {
   TORCH_CHECK(order == 1 || order == 2, op, ": order must be 1 or 2, got ", order);
 }
 
+// loc (N..., d) and concentration (N...) of one floating dtype on one device, d >= 2; seed: 2 int64 values.
+inline void check_vmf_sample_inputs(const at::Tensor& loc, const at::Tensor& concentration, const at::Tensor& seed) {
+  TORCH_CHECK(loc.dim() >= 1 && loc.size(-1) >= 2, "vmf_sample: loc must have a last dimension d >= 2, got shape ",
+              loc.sizes());
+  TORCH_CHECK(loc.scalar_type() == at::kFloat || loc.scalar_type() == at::kDouble,
+              "vmf_sample: expected a float32 or float64 loc, got ", loc.scalar_type());
+  TORCH_CHECK(concentration.scalar_type() == loc.scalar_type(), "vmf_sample: concentration must have loc's dtype ",
+              loc.scalar_type(), ", got ", concentration.scalar_type());
+  TORCH_CHECK(concentration.device() == loc.device(), "vmf_sample: concentration and loc must be on one device");
+  TORCH_CHECK(concentration.sizes() == loc.sizes().slice(0, loc.dim() - 1),
+              "vmf_sample: concentration must have loc's batch shape ", loc.sizes().slice(0, loc.dim() - 1),
+              ", got ", concentration.sizes());
+  TORCH_CHECK(seed.scalar_type() == at::kLong && seed.numel() == 2, "vmf_sample: seed must hold 2 int64 values");
+}
+
+inline void check_vmf_sample_backward_inputs(const at::Tensor& grad, const at::Tensor& samples,
+                                             const at::Tensor& one_minus_w, const at::Tensor& loc,
+                                             const at::Tensor& concentration) {
+  TORCH_CHECK(grad.sizes() == samples.sizes() && samples.sizes() == loc.sizes(),
+              "_vmf_sample_backward: grad, samples and loc must have one shape");
+  TORCH_CHECK(grad.scalar_type() == loc.scalar_type() && samples.scalar_type() == loc.scalar_type(),
+              "_vmf_sample_backward: grad, samples and loc must have one dtype");
+  TORCH_CHECK(one_minus_w.scalar_type() == at::kDouble && one_minus_w.sizes() == concentration.sizes(),
+              "_vmf_sample_backward: one_minus_w must be float64 of concentration's shape");
+  TORCH_CHECK(concentration.sizes() == loc.sizes().slice(0, loc.dim() - 1),
+              "_vmf_sample_backward: concentration must have loc's batch shape");
+}
+
 }  // namespace dhvc_ext

@@ -23,4 +23,13 @@ TORCH_LIBRARY(dhvc_ext, m) {
   m.def("_bessel_iv_ratio_derivative(Tensor nu, Tensor x, int order) -> Tensor");
   // kappa: float32 or float64 tensor; d >= 2 the ambient dimension. Returns log C_d(kappa).
   m.def("vmf_log_normalizer(Tensor kappa, int d) -> Tensor");
+  // loc (..., d) unit vectors, concentration (...) of loc's dtype, seed: 2 int64 (Philox key, counter offset).
+  // Returns (samples (..., d) of loc's dtype, one_minus_w (...) float64 = 1 - loc^T sample), deterministic
+  // in seed. The second output is what the backward needs, exact where 1 - loc^T sample would cancel.
+  m.def("vmf_sample(Tensor loc, Tensor concentration, Tensor seed) -> (Tensor, Tensor)");
+  // Gradients of a loss with respect to loc (rotation) and concentration (implicit reparameterisation);
+  // zeros for the ones not asked for.
+  m.def(
+      "_vmf_sample_backward(Tensor grad, Tensor samples, Tensor one_minus_w, Tensor loc, Tensor concentration, "
+      "bool need_loc, bool need_kappa) -> (Tensor, Tensor)");
 }

@@ -14,7 +14,14 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
     ) from exc
 
 #: Every op of the library; each has a CPU kernel, and a CUDA kernel when built with CUDA.
-OPS = ("log_bessel_iv", "bessel_iv_ratio", "_bessel_iv_ratio_derivative", "vmf_log_normalizer")
+OPS = (
+    "log_bessel_iv",
+    "bessel_iv_ratio",
+    "_bessel_iv_ratio_derivative",
+    "vmf_log_normalizer",
+    "vmf_sample",
+    "_vmf_sample_backward",
+)
 
 
 def cuda_available() -> bool:

@@ -1,6 +1,7 @@
 // Modified Bessel functions of the first kind for large real orders, in double precision:
 //   log_bessel_iv(nu, x)        = log I_nu(x)
 //   bessel_iv_ratio(nu, x)      = R_nu(x) = I_{nu+1}(x) / I_nu(x)
+//   bessel_iv_ratio_complement(nu, x) = 1 - R_nu(x), accurate as R -> 1
 //   bessel_iv_ratio_dx(nu, x)   = d/dx R_nu(x)
 //   bessel_iv_ratio_dx2(nu, x)  = d^2/dx^2 R_nu(x)
 //   log_bessel_h(nu, x)         = log H_nu(x) = log 0F1(; nu + 1; x^2 / 4)
@@ -218,6 +219,18 @@ DHVC_HOST_DEVICE DHVC_INLINE double bessel_iv_ratio(double nu, double x) {
   if (x == 0.0) return 0.0;
   if (detail::is_inf(x)) return 1.0;
   return x / detail::perron_parts(nu, x).den;
+}
+
+// 1 - R_nu(x), computed without forming R: (2v + F) / (x + 2v + F) from the continued fraction, where
+// 2v + F >= v - 1/2 has no cancellation, so it stays accurate when R -> 1 (x >> nu: 1 - R ~ (2nu+1)/(2x)),
+// e.g. for 1 - A_d(kappa) of a concentrated vMF.
+DHVC_HOST_DEVICE DHVC_INLINE double bessel_iv_ratio_complement(double nu, double x) {
+  if (detail::is_nan(nu) || detail::is_nan(x) || nu < 0.0 || x < 0.0) return detail::nan_value();
+  if (detail::is_inf(nu)) return detail::is_inf(x) ? detail::nan_value() : 1.0;
+  if (x == 0.0) return 1.0;
+  if (detail::is_inf(x)) return 0.0;
+  const detail::PerronParts cf = detail::perron_parts(nu, x);
+  return (2.0 * (nu + 1.0) + cf.f) / cf.den;
 }
 
 namespace detail {
