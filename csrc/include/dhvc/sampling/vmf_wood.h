@@ -210,18 +210,29 @@ DHVC_HOST_DEVICE DHVC_INLINE double vmf_w_grad_kappa(int64_t d, double kappa, do
   return sum * exp(top);
 }
 
-// Backward of one sample. Given g = dLoss/dz, the sample z, t = 1 - mu^T z from the forward pass, mu and
-// kappa (with one_minus_a = 1 - A_d(kappa)):
-//   dLoss/dkappa = g^T (dz/dw) dw/dkappa,  dz/dw = mu - (w / (1 - w^2)) (z - w mu)  (v held fixed);
-//   dLoss/dmu    = 2 [x (a^T g) / c + p g / c - 2 p a (a^T g) / c^2],  p = a^T x, x = -sigma H z the
-//                  pre-rotation point (the derivative of z = -sigma H_a x through a = e1 + sigma mu, the
-//                  same expression for both signs).
+// Backward of one sample, the exact derivative of sample_vmf's formula z = mu - sigma (y - 2 (a^T y / c) a),
+// a = e1 + sigma mu, c = a^T a, y = (-t, r v), with the random draws (t's Beta/uniform, v) held fixed and
+// t moving with kappa by implicit reparameterisation. Given g = dLoss/dz, the sample z, t = 1 - w from the
+// forward pass, mu and kappa (with one_minus_a = 1 - A_d(kappa)):
+//   dLoss/dkappa = g^T (dz/dw) dw/dkappa,  dz/dw = e - (w / r^2) (z - mu + t e),  e = -sigma H e1 (= mu
+//                  when |mu| = 1), r^2 = t (2 - t) = 1 - w^2;
+//   dLoss/dmu    = g + 2 [y (a^T g) / c + p g / c - 2 p a (a^T g) / c^2],  p = a^T y,
+//                  y = -sigma H (z - mu) recovered from the sample (H is an involution).
 // grad_mu may be null when the loc gradient is not needed.
 template <typename T>
 DHVC_HOST_DEVICE DHVC_INLINE double vmf_sample_backward(const T* g, const T* z, const T* mu, int64_t d, double kappa,
                                                         double t, double one_minus_a, T* grad_mu) {
   const double mu0 = static_cast<double>(mu[0]);
   const double sigma = mu0 >= 0.0 ? 1.0 : -1.0;
+  const double a0 = 1.0 + sigma * mu0;
+  double c = 0.0, a_dot_dz = 0.0, a_dot_g = 0.0;  // dz = z - mu
+  for (int64_t i = 0; i < d; ++i) {
+    const double m = static_cast<double>(mu[i]);
+    const double a = (i == 0 ? 1.0 : 0.0) + sigma * m;
+    c += a * a;
+    a_dot_dz += a * (static_cast<double>(z[i]) - m);
+    a_dot_g += a * static_cast<double>(g[i]);
+  }
   double grad_kappa = 0.0;
   if (t > 0.0 && !math::detail::is_inf(kappa)) {
     const double w = 1.0 - t;
@@ -229,28 +240,23 @@ DHVC_HOST_DEVICE DHVC_INLINE double vmf_sample_backward(const T* g, const T* z, 
     double g_dz_dw = 0.0;
     for (int64_t i = 0; i < d; ++i) {
       const double m = static_cast<double>(mu[i]);
-      // z - w mu = (z - mu) + t mu
-      const double tangent = (static_cast<double>(z[i]) - m) + t * m;
-      g_dz_dw += static_cast<double>(g[i]) * (m - scale * tangent);
+      const double a = (i == 0 ? 1.0 : 0.0) + sigma * m;
+      const double e = -sigma * ((i == 0 ? 1.0 : 0.0) - 2.0 * a0 * a / c);
+      const double tangent = (static_cast<double>(z[i]) - m) + t * e;  // z - w e
+      g_dz_dw += static_cast<double>(g[i]) * (e - scale * tangent);
     }
     grad_kappa = g_dz_dw * vmf_w_grad_kappa(d, kappa, t, one_minus_a);
   }
   if (grad_mu != nullptr) {
-    double c = 0.0, a_dot_z = 0.0, a_dot_g = 0.0;
+    // y = -sigma (dz - 2 (a^T dz / c) a), so p = a^T y = -sigma (a^T dz - 2 a^T dz) = sigma a^T dz.
+    const double p = sigma * a_dot_dz;
+    const double k = 2.0 * a_dot_dz / c;
     for (int64_t i = 0; i < d; ++i) {
-      const double a = (i == 0 ? 1.0 : 0.0) + sigma * static_cast<double>(mu[i]);
-      c += a * a;
-      a_dot_z += a * static_cast<double>(z[i]);
-      a_dot_g += a * static_cast<double>(g[i]);
-    }
-    // x = -sigma (z - 2 (a^T z / c) a), so p = a^T x = -sigma (a^T z - 2 a^T z) = sigma a^T z.
-    const double p = sigma * a_dot_z;
-    const double k = 2.0 * a_dot_z / c;
-    for (int64_t i = 0; i < d; ++i) {
-      const double a = (i == 0 ? 1.0 : 0.0) + sigma * static_cast<double>(mu[i]);
-      const double x = -sigma * (static_cast<double>(z[i]) - k * a);
+      const double m = static_cast<double>(mu[i]);
+      const double a = (i == 0 ? 1.0 : 0.0) + sigma * m;
+      const double y = -sigma * ((static_cast<double>(z[i]) - m) - k * a);
       const double gi = static_cast<double>(g[i]);
-      grad_mu[i] = static_cast<T>(2.0 * (x * a_dot_g / c + p * gi / c - 2.0 * p * a * a_dot_g / (c * c)));
+      grad_mu[i] = static_cast<T>(gi + 2.0 * (y * a_dot_g / c + p * gi / c - 2.0 * p * a * a_dot_g / (c * c)));
     }
   }
   return grad_kappa;
