@@ -2,6 +2,7 @@
 // Random123 known-answer vectors, the sampler's moments against A_d(kappa), the geometry of the samples,
 // the implicit gradient against the exact inverse CDF (d = 3) and against A_d'(kappa) on average, and the
 // rotation gradient against finite differences.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -11,6 +12,7 @@
 #include "check.h"
 #include "dhvc/math/bessel.h"
 #include "dhvc/random/philox.h"
+#include "dhvc/random/ziggurat.h"
 #include "dhvc/sampling/vmf_wood.h"
 
 using namespace dhvc;
@@ -22,6 +24,44 @@ void test_philox_known_answers() {
   random::PhiloxStream zero(0, 0, 0);
   const uint32_t expect0[4] = {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u};
   for (uint32_t e : expect0) CHECK_TRUE(zero.next_u32() == e);
+}
+
+// Kolmogorov-Smirnov distance of n normals against the standard normal CDF, with the moments up to 4.
+template <typename Stream>
+void check_normals(Stream& s, int n) {
+  std::vector<double> x(n);
+  double m1 = 0, m2 = 0, m4 = 0;
+  for (int i = 0; i < n; ++i) {
+    x[i] = s.normal();
+    m1 += x[i];
+    m2 += x[i] * x[i];
+    m4 += x[i] * x[i] * x[i] * x[i];
+  }
+  std::sort(x.begin(), x.end());
+  double ks = 0.0;
+  for (int i = 0; i < n; ++i) {
+    const double cdf = 0.5 * std::erfc(-x[i] / std::sqrt(2.0));
+    ks = std::fmax(ks, std::fmax(std::fabs(cdf - double(i) / n), std::fabs(cdf - double(i + 1) / n)));
+  }
+  // sqrt(n) KS > 1.95 has probability 1e-3; the moments within 5 standard errors (var of x^2 is 2, of x^4 96).
+  CHECK_TRUE(std::sqrt(double(n)) * ks < 1.95);
+  CHECK_ABS(m1 / n, 0.0, 5.0 / std::sqrt(double(n)));
+  CHECK_ABS(m2 / n, 1.0, 5.0 * std::sqrt(2.0 / n));
+  CHECK_ABS(m4 / n, 3.0, 5.0 * std::sqrt(96.0 / n));
+}
+
+void test_normal_sources() {
+  random::PhiloxStream box_muller(11, 0, 0);
+  check_normals(box_muller, 1000000);
+  random::PhiloxZigguratStream ziggurat(11, 0, 0);
+  check_normals(ziggurat, 1000000);
+  // The tails: the share beyond 3.5 (ziggurat's base strip starts at 3.44) matches 2 (1 - Phi(3.5)).
+  random::PhiloxZigguratStream z2(12, 0, 0);
+  int beyond = 0;
+  const int n = 4000000;
+  for (int i = 0; i < n; ++i) beyond += std::fabs(z2.normal()) > 3.5;
+  const double p = std::erfc(3.5 / std::sqrt(2.0));
+  CHECK_ABS(double(beyond) / n, p, 5.0 * std::sqrt(p / n));
 }
 
 double mean_resultant_length(int64_t d, double kappa) { return math::bessel_iv_ratio(0.5 * d - 1.0, kappa); }
@@ -164,6 +204,7 @@ void test_loc_gradient_against_finite_differences() {
 
 int main() {
   test_philox_known_answers();
+  test_normal_sources();
   test_moments_and_geometry();
   test_edges();
   test_d3_gradient_against_inverse_cdf();

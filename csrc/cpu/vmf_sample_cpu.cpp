@@ -12,6 +12,7 @@
 #include "../checks.h"
 #include "dhvc/math/bessel.h"
 #include "dhvc/random/philox.h"
+#include "dhvc/random/ziggurat.h"
 #include "dhvc/sampling/vmf_wood.h"
 
 namespace dhvc_ext {
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_sample_cpu(const at::Tensor& loc, const a
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     at::parallel_for(0, n, grain_for(d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        dhvc::random::PhiloxStream rng(key, offset, static_cast<uint64_t>(i));
+        dhvc::random::PhiloxZigguratStream rng(key, offset, static_cast<uint64_t>(i));
         t_ptr[i] = dhvc::sampling::sample_vmf(rng, mu_ptr + i * d, 1, d, static_cast<double>(kappa_ptr[i]),
                                               out_ptr + i * d);
       }
