@@ -17,6 +17,8 @@ TORCH_LIBRARY(dhvc_ext, m) {
   // nu, x: broadcastable tensors of one floating dtype (float32 or float64) on one device.
   // Returns log I_nu(x), broadcast shape, same dtype.
   m.def("log_bessel_iv(Tensor nu, Tensor x) -> Tensor");
+  // Returns log H_nu(x) = log[Gamma(nu + 1) (2 / x)^nu I_nu(x)] = log 0F1(; nu + 1; x^2 / 4) >= 0.
+  m.def("log_bessel_iv_normalized(Tensor nu, Tensor x) -> Tensor");
   // Returns I_{nu+1}(x) / I_nu(x).
   m.def("bessel_iv_ratio(Tensor nu, Tensor x) -> Tensor");
   // order in {1, 2}: d^order/dx^order of bessel_iv_ratio. The backward of the ratio (and its backward).

@@ -5,6 +5,7 @@ Layers, each importing only those below it: ``ops`` (the compiled kernels) -> ``
 tests and benchmarks only.
 """
 from dhvc_ext import ops
+from dhvc_ext import distributions
 from dhvc_ext.ops import bessel_iv_ratio, cuda_available, log_bessel_iv, vmf_log_normalizer
 
 __version__ = "0.1.0"

@@ -242,3 +242,46 @@ def test_torch_compile_fullgraph(device):
     (g_eager,) = torch.autograd.grad(kl_to_uniform(k2, 128).sum(), k2)
     torch.testing.assert_close(g, g_eager)
     assert np.all(np.isfinite(g.detach().cpu().numpy()))
+
+
+# --- log_bessel_iv_normalized ---------------------------------------------------------------------------------
+
+
+def test_log_bessel_iv_normalized_matches_its_definition(device, dtype):
+    from dhvc_ext.ops import log_bessel_iv_normalized
+
+    # Where log I - nu log(x/2) + lgamma(nu+1) does not cancel much, it is the definition.
+    nu = torch.tensor([[0.0], [2.5], [19.5], [60.0]], dtype=torch.float64)
+    x = torch.tensor([1.0, 30.0, 500.0, 1e5], dtype=torch.float64)
+    ref = log_bessel_iv(nu, x) - nu * torch.log(x / 2) + torch.lgamma(nu + 1)
+    got = log_bessel_iv_normalized(nu.to(device, dtype), x.to(device, dtype)).cpu().double()
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert ((got - ref).abs() / ref.abs().clamp(min=1)).max() <= tol
+    # Where it does cancel (x << nu), the power series sum_k (x^2/4)^k / (k! (nu+1)_k) is the reference.
+    nu_big, x_small = 5000.0, torch.tensor([1e-3, 1.0, 70.0], dtype=torch.float64)
+    q = x_small**2 / 4
+    terms = torch.ones_like(q)
+    total = torch.zeros_like(q)
+    for k in range(1, 40):
+        terms = terms * q / (k * (nu_big + k))
+        total = total + terms
+    got = log_bessel_iv_normalized(nu_big, x_small.to(device, dtype)).cpu().double()
+    torch.testing.assert_close(got, torch.log1p(total), rtol=1e-6 if dtype == torch.float32 else 1e-13, atol=0)
+    # Edges: 0 at x = 0 (H = 1), NaN for negative input.
+    edge = log_bessel_iv_normalized(torch.tensor([3.0, 3.0, -1.0], dtype=dtype, device=device),
+                                    torch.tensor([0.0, -1.0, 1.0], dtype=dtype, device=device)).cpu()
+    assert edge[0].item() == 0.0 and math.isnan(edge[1].item()) and math.isnan(edge[2].item())
+
+
+def test_log_bessel_iv_normalized_gradients(device):
+    from dhvc_ext.ops import log_bessel_iv_normalized
+
+    x = torch.tensor([0.0, 1e-3, 2.0, 40.0, 3e3], dtype=torch.float64, device=device, requires_grad=True)
+    for nu in (0.0, 3.5, 255.0):
+        (g,) = torch.autograd.grad(log_bessel_iv_normalized(nu, x).sum(), x)
+        torch.testing.assert_close(g, bessel_iv_ratio(nu, x.detach()), rtol=0, atol=0)
+        xp = x.detach()[1:].clone().requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: log_bessel_iv_normalized(nu, t), (xp,))
+        assert torch.autograd.gradgradcheck(lambda t: log_bessel_iv_normalized(nu, t), (xp,))
+    torch.library.opcheck(torch.ops.dhvc_ext.log_bessel_iv_normalized.default,
+                          (torch.tensor([[1.0], [30.0]], device=device), x.detach().float().requires_grad_()))

@@ -68,6 +68,11 @@ at::Tensor log_bessel_iv_cpu(const at::Tensor& nu, const at::Tensor& x) {
   return binary_cpu(nu, x, dhvc::kernels::LogBesselIv{});
 }
 
+at::Tensor log_bessel_iv_normalized_cpu(const at::Tensor& nu, const at::Tensor& x) {
+  check_binary_inputs("log_bessel_iv_normalized", nu, x);
+  return binary_cpu(nu, x, dhvc::kernels::LogBesselIvNormalized{});
+}
+
 at::Tensor bessel_iv_ratio_cpu(const at::Tensor& nu, const at::Tensor& x) {
   check_binary_inputs("bessel_iv_ratio", nu, x);
   return binary_cpu(nu, x, dhvc::kernels::BesselIvRatio{});
@@ -88,6 +93,7 @@ at::Tensor vmf_log_normalizer_cpu(const at::Tensor& kappa, int64_t d) {
 
 TORCH_LIBRARY_IMPL(dhvc_ext, CPU, m) {
   m.impl("log_bessel_iv", &log_bessel_iv_cpu);
+  m.impl("log_bessel_iv_normalized", &log_bessel_iv_normalized_cpu);
   m.impl("bessel_iv_ratio", &bessel_iv_ratio_cpu);
   m.impl("_bessel_iv_ratio_derivative", &bessel_iv_ratio_derivative_cpu);
   m.impl("vmf_log_normalizer", &vmf_log_normalizer_cpu);

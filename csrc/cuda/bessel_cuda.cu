@@ -84,6 +84,11 @@ at::Tensor log_bessel_iv_cuda(const at::Tensor& nu, const at::Tensor& x) {
   return binary_cuda(nu, x, dhvc::kernels::LogBesselIv{});
 }
 
+at::Tensor log_bessel_iv_normalized_cuda(const at::Tensor& nu, const at::Tensor& x) {
+  check_binary_inputs("log_bessel_iv_normalized", nu, x);
+  return binary_cuda(nu, x, dhvc::kernels::LogBesselIvNormalized{});
+}
+
 at::Tensor bessel_iv_ratio_cuda(const at::Tensor& nu, const at::Tensor& x) {
   check_binary_inputs("bessel_iv_ratio", nu, x);
   return binary_cuda(nu, x, dhvc::kernels::BesselIvRatio{});
@@ -104,6 +109,7 @@ at::Tensor vmf_log_normalizer_cuda(const at::Tensor& kappa, int64_t d) {
 
 TORCH_LIBRARY_IMPL(dhvc_ext, CUDA, m) {
   m.impl("log_bessel_iv", &log_bessel_iv_cuda);
+  m.impl("log_bessel_iv_normalized", &log_bessel_iv_normalized_cuda);
   m.impl("bessel_iv_ratio", &bessel_iv_ratio_cuda);
   m.impl("_bessel_iv_ratio_derivative", &bessel_iv_ratio_derivative_cuda);
   m.impl("vmf_log_normalizer", &vmf_log_normalizer_cuda);

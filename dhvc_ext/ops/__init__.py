@@ -4,7 +4,7 @@ Importing it loads ``dhvc_ext._C`` (which registers the ops with the dispatcher)
 registrations: fake kernels for torch.compile and autograd formulas.
 """
 from dhvc_ext.ops._extension import OPS, cuda_available
-from dhvc_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv, vmf_log_normalizer
+from dhvc_ext.ops.bessel import bessel_iv_ratio, log_bessel_iv, log_bessel_iv_normalized, vmf_log_normalizer
 from dhvc_ext.ops.vmf import vmf_sample
 
-__all__ = ["OPS", "bessel_iv_ratio", "cuda_available", "log_bessel_iv", "vmf_log_normalizer", "vmf_sample"]
+__all__ = ["OPS", "bessel_iv_ratio", "cuda_available", "log_bessel_iv", "log_bessel_iv_normalized", "vmf_log_normalizer", "vmf_sample"]

@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 #: Every op of the library; each has a CPU kernel, and a CUDA kernel when built with CUDA.
 OPS = (
     "log_bessel_iv",
+    "log_bessel_iv_normalized",
     "bessel_iv_ratio",
     "_bessel_iv_ratio_derivative",
     "vmf_log_normalizer",

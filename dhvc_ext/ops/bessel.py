@@ -3,6 +3,7 @@
 Public functions (``dhvc_ext.ops``):
 
 - ``log_bessel_iv(nu, x)``: log I_nu(x)
+- ``log_bessel_iv_normalized(nu, x)``: log H_nu(x) = log[Gamma(nu+1) (2/x)^nu I_nu(x)] = log 0F1(; nu+1; x^2/4)
 - ``bessel_iv_ratio(nu, x)``: R_nu(x) = I_{nu+1}(x) / I_nu(x)
 - ``vmf_log_normalizer(d, kappa)``: log C_d(kappa), the log normalising constant of the von Mises-Fisher
   density on the sphere S^{d-1} in R^d
@@ -30,7 +31,7 @@ import torch
 
 from dhvc_ext.ops._extension import check_device
 
-__all__ = ["log_bessel_iv", "bessel_iv_ratio", "vmf_log_normalizer"]
+__all__ = ["log_bessel_iv", "log_bessel_iv_normalized", "bessel_iv_ratio", "vmf_log_normalizer"]
 
 _ops = torch.ops.dhvc_ext
 
@@ -98,6 +99,24 @@ def log_bessel_iv(nu, x):
     return _ops.log_bessel_iv(nu, x)
 
 
+def log_bessel_iv_normalized(nu, x):
+    """log H_nu(x) = log[Gamma(nu + 1) (2 / x)^nu I_nu(x)] = log 0F1(; nu + 1; x^2 / 4) >= 0.
+
+    The part of log I_nu(x) that is left after its leading power: computed directly (never as the difference
+    log I - nu log(x/2) + lgamma(nu+1), whose terms are ~1e4 times larger when x << nu), so it keeps its
+    accuracy where it is small, e.g. KL(vMF || uniform) = kappa A_d(kappa) - log H_{d/2-1}(kappa).
+    H_nu(0) = 1; d/dx log H_nu(x) = R_nu(x).
+
+    Args:
+        nu: order >= 0, tensor or number, broadcastable with ``x``.
+        x: argument >= 0, tensor or number.
+    Returns:
+        Tensor of the broadcast shape; edge cases as log_bessel_iv, with 0 at x = 0.
+    """
+    nu, x = _promote("log_bessel_iv_normalized", nu, x)
+    return _ops.log_bessel_iv_normalized(nu, x)
+
+
 def bessel_iv_ratio(nu, x):
     """R_nu(x) = I_{nu+1}(x) / I_nu(x) in [0, 1), computed directly (never as a quotient of two Bessel values).
 
@@ -150,6 +169,7 @@ def _broadcast_fake(nu, x):
 
 torch.library.register_fake("dhvc_ext::log_bessel_iv")(_broadcast_fake)
 torch.library.register_fake("dhvc_ext::bessel_iv_ratio")(_broadcast_fake)
+torch.library.register_fake("dhvc_ext::log_bessel_iv_normalized")(_broadcast_fake)
 
 
 @torch.library.register_fake("dhvc_ext::_bessel_iv_ratio_derivative")
@@ -185,6 +205,15 @@ def _log_bessel_iv_backward(ctx, grad):
     x_safe = torch.where(nu == 0, torch.ones_like(x), x)
     slope = _ops.bessel_iv_ratio(nu, x) + nu / x_safe
     return None, (grad * slope).sum_to_size(x.shape)
+
+
+def _log_bessel_iv_normalized_backward(ctx, grad):
+    _refuse_order_gradient(ctx, "log_bessel_iv_normalized")
+    nu, x = ctx.saved_tensors
+    if not ctx.needs_input_grad[1]:
+        return None, None
+    # d/dx log H_nu(x) = d/dx log I_nu(x) - nu / x = R_nu(x), finite at x = 0 (where it is 0).
+    return None, (grad * _ops.bessel_iv_ratio(nu, x)).sum_to_size(x.shape)
 
 
 def _bessel_iv_ratio_backward(ctx, grad):
@@ -224,6 +253,9 @@ def _vmf_log_normalizer_backward(ctx, grad):
 
 torch.library.register_autograd("dhvc_ext::log_bessel_iv", _log_bessel_iv_backward, setup_context=_save_nu_x)
 torch.library.register_autograd("dhvc_ext::bessel_iv_ratio", _bessel_iv_ratio_backward, setup_context=_save_nu_x)
+torch.library.register_autograd(
+    "dhvc_ext::log_bessel_iv_normalized", _log_bessel_iv_normalized_backward, setup_context=_save_nu_x
+)
 torch.library.register_autograd(
     "dhvc_ext::_bessel_iv_ratio_derivative", _bessel_iv_ratio_derivative_backward, setup_context=_save_derivative
 )

@@ -15,6 +15,11 @@ struct LogBesselIv {
   DHVC_HOST_DEVICE double operator()(double nu, double x) const { return math::log_bessel_iv(nu, x); }
 };
 
+// log H_nu(x) = log 0F1(; nu + 1; x^2 / 4) = log I_nu(x) - nu log(x / 2) + lgamma(nu + 1).
+struct LogBesselIvNormalized {
+  DHVC_HOST_DEVICE double operator()(double nu, double x) const { return math::log_bessel_h(nu, x); }
+};
+
 struct BesselIvRatio {
   DHVC_HOST_DEVICE double operator()(double nu, double x) const { return math::bessel_iv_ratio(nu, x); }
 };
