@@ -58,3 +58,31 @@ def kappa_grid():
     """dtype name -> N_ELEMENTS concentrations, log-spaced over [1e-2, 1e5], as numpy arrays."""
     kappa = np.logspace(-2, 5, N_ELEMENTS)
     return {name: kappa.astype(name) for name in DTYPES}
+
+
+# --- vMF sampling (test_bench_vmf.py) ---------------------------------------------------------------------
+VMF_N_SAMPLES = 100_000
+
+
+@pytest.fixture(scope="session")
+def vmf_sample_op(ops):
+    """dhvc_ext.ops.vmf_sample, or a skip when this build of the extension lacks it."""
+    if not hasattr(ops, "vmf_sample"):
+        pytest.skip("dhvc_ext.ops lacks vmf_sample: rebuild with pip install --no-build-isolation -e .")
+    return ops.vmf_sample
+
+
+@pytest.fixture(scope="session")
+def vmf_locs():
+    """A function d -> (VMF_N_SAMPLES, d) float32 CPU tensor of unit vectors, one random mean direction per
+    row (seed SEED, normalised in float64), built on first use and kept for the session."""
+    cache = {}
+
+    def get(d):
+        if d not in cache:
+            g = torch.Generator().manual_seed(SEED)
+            loc = torch.randn(VMF_N_SAMPLES, d, dtype=torch.float64, generator=g)
+            cache[d] = (loc / torch.linalg.vector_norm(loc, dim=-1, keepdim=True)).to(torch.float32)
+        return cache[d]
+
+    return get

@@ -4,8 +4,9 @@ Usage:
     python -m pytest benchmarks/ --benchmark-json=results.json
     python benchmarks/summarize.py results.json [--markdown out.md]
 
-One row per benchmark: group, name, mean time, elements per second (extra_info n_elements / mean),
-speed-up against the single-threaded SciPy row of the same group ("-" where the group has none), the
+One row per benchmark: group, name, mean time, elements per second (extra_info n_elements / mean; samples
+for the vMF sampler), speed-up against the single-threaded SciPy row of the same group ("-" where the group
+has none; a ratio of elements per second, so a SciPy row may time fewer elements than the others), the
 share of non-finite outputs (extra_info nonfinite_share) and the share of finite outputs that disagree with
 the plain PyTorch reference beyond the benchmark's tolerance (extra_info inaccurate_share; SciPy's float32
 log of a subnormal ive, its ratio of underflowed ive). Rows keep the JSON's order within each group.
@@ -35,6 +36,13 @@ def _is_scipy_single_thread(bench):
     return info.get("impl") == "scipy" or ("scipy" in bench.get("name", "") and "t1" in bench.get("name", ""))
 
 
+def _rate(bench):
+    """Elements per second (extra_info n_elements / mean time), or None without a count."""
+    n = bench.get("extra_info", {}).get("n_elements")
+    mean = bench["stats"]["mean"]
+    return n / mean if n and mean > 0 else None
+
+
 def _format_rate(rate):
     if rate is None:
         return "-"
@@ -59,13 +67,17 @@ def summarize(data):
     rows = [["group", "name", "mean ms", "elements/s", "speed-up vs SciPy 1 thread", "non-finite",
              "finite but off"]]
     for group, benches in groups.items():
-        scipy_mean = next((b["stats"]["mean"] for b in benches if _is_scipy_single_thread(b)), None)
+        scipy = next((b for b in benches if _is_scipy_single_thread(b)), None)
+        scipy_mean = scipy["stats"]["mean"] if scipy else None
+        scipy_rate = _rate(scipy) if scipy else None
         for bench in benches:
             mean = bench["stats"]["mean"]
             info = bench.get("extra_info", {})
-            n = info.get("n_elements")
-            rate = n / mean if n and mean > 0 else None
-            speedup = f"{scipy_mean / mean:.2f}x" if scipy_mean and mean > 0 else "-"
+            rate = _rate(bench)
+            if rate and scipy_rate:
+                speedup = f"{rate / scipy_rate:.2f}x"
+            else:  # no element counts: times of the same work
+                speedup = f"{scipy_mean / mean:.2f}x" if scipy_mean and mean > 0 else "-"
             rows.append([group, _label(bench), f"{1e3 * mean:.2f}", _format_rate(rate), speedup,
                          _format_share(info.get("nonfinite_share")),
                          _format_share(info.get("inaccurate_share"))])

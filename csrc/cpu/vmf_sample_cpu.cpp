@@ -1,15 +1,15 @@
-// CPU kernels of vmf_sample and its backward. One sample per loop iteration, split across threads with
-// at::parallel_for; each sample draws from its own Philox stream (subsequence = its row index), so the
+// CPU kernels of vmf_sample and its backward. One sample per loop iteration, split across torch's threads
+// with parallel_rows; each sample draws from its own Philox stream (subsequence = its row index), so the
 // result does not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <tuple>
 
 #include "../checks.h"
+#include "parallel_rows.h"
 #include "dhvc/math/bessel.h"
 #include "dhvc/random/philox.h"
 #include "dhvc/random/ziggurat.h"
@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_sample_cpu(const at::Tensor& loc, const a
     const scalar_t* mu_ptr = mu.data_ptr<scalar_t>();
     const scalar_t* kappa_ptr = kappa.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, grain_for(d), [&](int64_t begin, int64_t end) {
+    parallel_rows(n, grain_for(d), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         dhvc::random::PhiloxZigguratStream rng(key, offset, static_cast<uint64_t>(i));
         t_ptr[i] = dhvc::sampling::sample_vmf(rng, mu_ptr + i * d, 1, d, static_cast<double>(kappa_ptr[i]),
@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> vmf_sample_backward_cpu(const at::Tensor& gra
     scalar_t* gl_ptr = grad_loc.data_ptr<scalar_t>();
     scalar_t* gk_ptr = grad_kappa.data_ptr<scalar_t>();
     // The kappa gradient costs a quadrature (~100 transcendental calls) per sample: small grains.
-    at::parallel_for(0, n, 16, [&](int64_t begin, int64_t end) {
+    parallel_rows(n, 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const double k = static_cast<double>(kappa_ptr[i]);
         const double one_minus_a = need_kappa ? dhvc::math::bessel_iv_ratio_complement(nu, k) : 0.0;
