@@ -89,6 +89,11 @@ at::Tensor vmf_log_normalizer_cpu(const at::Tensor& kappa, int64_t d) {
   return unary_cpu(kappa, dhvc::kernels::VmfLogNormalizer{static_cast<double>(d)});
 }
 
+at::Tensor vmf_kappa_mle_cpu(const at::Tensor& rbar, int64_t d) {
+  check_vmf_inputs("vmf_kappa_mle", rbar, d);
+  return unary_cpu(rbar, dhvc::kernels::VmfKappaMle{static_cast<double>(d)});
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dhvc_ext, CPU, m) {
@@ -97,6 +102,7 @@ TORCH_LIBRARY_IMPL(dhvc_ext, CPU, m) {
   m.impl("bessel_iv_ratio", &bessel_iv_ratio_cpu);
   m.impl("_bessel_iv_ratio_derivative", &bessel_iv_ratio_derivative_cpu);
   m.impl("vmf_log_normalizer", &vmf_log_normalizer_cpu);
+  m.impl("vmf_kappa_mle", &vmf_kappa_mle_cpu);
 }
 
 }  // namespace dhvc_ext

@@ -105,6 +105,11 @@ at::Tensor vmf_log_normalizer_cuda(const at::Tensor& kappa, int64_t d) {
   return unary_cuda(kappa, dhvc::kernels::VmfLogNormalizer{static_cast<double>(d)});
 }
 
+at::Tensor vmf_kappa_mle_cuda(const at::Tensor& rbar, int64_t d) {
+  check_vmf_inputs("vmf_kappa_mle", rbar, d);
+  return unary_cuda(rbar, dhvc::kernels::VmfKappaMle{static_cast<double>(d)});
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dhvc_ext, CUDA, m) {
@@ -113,6 +118,7 @@ TORCH_LIBRARY_IMPL(dhvc_ext, CUDA, m) {
   m.impl("bessel_iv_ratio", &bessel_iv_ratio_cuda);
   m.impl("_bessel_iv_ratio_derivative", &bessel_iv_ratio_derivative_cuda);
   m.impl("vmf_log_normalizer", &vmf_log_normalizer_cuda);
+  m.impl("vmf_kappa_mle", &vmf_kappa_mle_cuda);
 }
 
 }  // namespace dhvc_ext

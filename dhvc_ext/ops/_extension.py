@@ -20,6 +20,8 @@ OPS = (
     "bessel_iv_ratio",
     "_bessel_iv_ratio_derivative",
     "vmf_log_normalizer",
+    "vmf_kappa_mle",
+    "_row_log_softmax",
     "vmf_sample",
     "_vmf_sample_backward",
 )

@@ -38,5 +38,11 @@ struct VmfLogNormalizer {
   DHVC_HOST_DEVICE double operator()(double kappa) const { return math::vmf_log_normalizer(d, kappa); }
 };
 
+// Unary in rbar: the inverse of the mean resultant length.
+struct VmfKappaMle {
+  double d;
+  DHVC_HOST_DEVICE double operator()(double rbar) const { return math::vmf_kappa_mle(d, rbar); }
+};
+
 }  // namespace kernels
 }  // namespace dhvc

@@ -1,0 +1,153 @@
+"""von Mises-Fisher mixture (vMFMM) kernels: the E-step, the EM sufficient statistics, and the kappa MLE.
+
+Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) log mixture weights.
+
+- ``vmfmm_log_responsibilities(z, mu, kappa, log_pi) -> (log_resp (N, K), loglik (N,))`` with the scores
+  s_nk = log pi_k + log C_d(kappa_k) + kappa_k mu_k^T z_n, log_resp = s - logsumexp_k s and
+  loglik = logsumexp_k s. The K normalisers are computed once, in float64 (through ``vmf_log_normalizer``), the
+  N x K dot products by one matrix product, and the log-softmax of every row in one pass
+  (``dhvc_ext::_row_log_softmax``). Differentiable in z, mu, kappa and log_pi (second order too).
+- ``vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False) -> (N_k (K,), S_k (K, d), total loglik)``: the
+  E-step and the M-step sums, N_k = sum_n r_nk and S_k = sum_n r_nk z_n (r one-hot at the argmax when hard),
+  over chunks of rows so that memory does not grow with N beyond the input. No gradient. The total
+  log-likelihood is accumulated in float64.
+- ``vmf_kappa_mle(d, rbar)``: kappa = A_d^{-1}(rbar), Banerjee's start and Halley steps on the exact ratio,
+  about 1e-15 relative; rbar = 0 -> 0, rbar >= 1 -> inf. Differentiable: dkappa/drbar = 1 / A_d'(kappa).
+float16/bfloat16 inputs are computed in float32; float32 and float64 natively.
+"""
+import numbers
+
+import torch
+
+from dhvc_ext.ops._extension import check_device
+from dhvc_ext.ops.bessel import vmf_log_normalizer
+
+__all__ = ["vmf_kappa_mle", "vmfmm_em_statistics", "vmfmm_log_responsibilities"]
+
+_ops = torch.ops.dhvc_ext
+
+#: Rows per chunk in vmfmm_em_statistics: bounds the (chunk, K) responsibilities held at once.
+EM_CHUNK_ROWS = 65536
+
+
+def _compute_dtype(*tensors):
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _check_mixture_args(op, z, mu, kappa, log_pi):
+    for name, t in (("z", z), ("mu", mu), ("kappa", kappa), ("log_pi", log_pi)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"dhvc_ext.{op}: {name} must be a tensor, got {type(t).__name__}")
+        if t.is_complex():
+            raise TypeError(f"dhvc_ext.{op}: {name} must be real")
+    if z.dim() != 2 or mu.dim() != 2:
+        raise ValueError(f"dhvc_ext.{op}: z must be (N, d) and mu (K, d), got {tuple(z.shape)} and {tuple(mu.shape)}")
+    if z.shape[1] != mu.shape[1] or z.shape[1] < 2:
+        raise ValueError(f"dhvc_ext.{op}: z and mu must share a dimension d >= 2, got {z.shape[1]} and {mu.shape[1]}")
+    k = mu.shape[0]
+    if kappa.shape != (k,) or log_pi.shape != (k,):
+        raise ValueError(
+            f"dhvc_ext.{op}: kappa and log_pi must have shape ({k},), got {tuple(kappa.shape)} and {tuple(log_pi.shape)}"
+        )
+    devices = {t.device for t in (z, mu, kappa, log_pi)}
+    if len(devices) > 1:
+        raise RuntimeError(f"dhvc_ext.{op}: all arguments must be on one device, got {sorted(map(str, devices))}")
+    check_device(op, z.device)
+
+
+def vmfmm_log_responsibilities(z, mu, kappa, log_pi):
+    """Log-responsibilities (N, K) and per-point log-likelihoods (N,) of a vMF mixture; see the module doc."""
+    _check_mixture_args("vmfmm_log_responsibilities", z, mu, kappa, log_pi)
+    dtype = _compute_dtype(z, mu, kappa, log_pi)
+    d = z.shape[1]
+    # The K normalisers in float64: log C_d(kappa) is large (|log C| ~ d log d) and must not be rounded to
+    # float32 before the difference that the softmax takes.
+    bias = (log_pi.double() + vmf_log_normalizer(d, kappa.double())).to(dtype)
+    weighted = mu.to(dtype) * kappa.to(dtype).unsqueeze(1)
+    scores = torch.addmm(bias, z.to(dtype), weighted.t())
+    return _ops._row_log_softmax(scores)
+
+
+@torch.no_grad()
+def vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False):
+    """(N_k (K,), S_k (K, d), total log-likelihood (0-dim float64)) in chunks of EM_CHUNK_ROWS rows."""
+    _check_mixture_args("vmfmm_em_statistics", z, mu, kappa, log_pi)
+    dtype = _compute_dtype(z, mu, kappa, log_pi)
+    k, d = mu.shape
+    counts = torch.zeros(k, dtype=dtype, device=z.device)
+    sums = torch.zeros(k, d, dtype=dtype, device=z.device)
+    total = torch.zeros((), dtype=torch.float64, device=z.device)
+    for chunk in z.split(EM_CHUNK_ROWS):
+        log_resp, loglik = vmfmm_log_responsibilities(chunk, mu, kappa, log_pi)
+        if hard:
+            resp = torch.zeros_like(log_resp).scatter_(1, log_resp.argmax(1, keepdim=True), 1.0)
+        else:
+            resp = log_resp.exp()
+        counts += resp.sum(0)
+        sums.addmm_(resp.t(), chunk.to(dtype))
+        total += loglik.double().sum()
+    return counts, sums, total
+
+
+def vmf_kappa_mle(d, rbar):
+    """kappa = A_d^{-1}(rbar) for mean resultant lengths rbar (tensor or number) in [0, 1); d an int >= 2."""
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 2:
+        raise ValueError(f"dhvc_ext.vmf_kappa_mle: d must be an int >= 2, got {d!r}")
+    if isinstance(rbar, torch.Tensor):
+        if rbar.is_complex():
+            raise TypeError("dhvc_ext.vmf_kappa_mle: rbar must be real")
+        if not rbar.dtype.is_floating_point:
+            rbar = rbar.to(torch.get_default_dtype())
+        elif rbar.dtype in (torch.float16, torch.bfloat16):
+            rbar = rbar.float()
+    else:
+        rbar = torch.tensor(float(rbar), dtype=torch.get_default_dtype())
+    check_device("vmf_kappa_mle", rbar.device)
+    return _ops.vmf_kappa_mle(rbar, int(d))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.library registrations.
+
+
+@torch.library.register_fake("dhvc_ext::_row_log_softmax")
+def _(scores):
+    torch._check(scores.dim() == 2, lambda: "_row_log_softmax: scores must be (N, K)")
+    return torch.empty_like(scores, memory_format=torch.contiguous_format), scores.new_empty(scores.shape[:1])
+
+
+@torch.library.register_fake("dhvc_ext::vmf_kappa_mle")
+def _(rbar, d):
+    return torch.empty_like(rbar, memory_format=torch.contiguous_format)
+
+
+def _save_outputs(ctx, inputs, output):
+    ctx.save_for_backward(output[0])
+
+
+def _row_log_softmax_backward(ctx, grad_log_resp, grad_lse):
+    # log_resp = s - lse(s), lse = logsumexp(s): ds = g_r - r sum_k g_r + r g_lse, r = exp(log_resp).
+    (log_resp,) = ctx.saved_tensors
+    resp = log_resp.exp()
+    ds = torch.zeros_like(log_resp)
+    if grad_log_resp is not None:
+        ds = ds + grad_log_resp - resp * grad_log_resp.sum(1, keepdim=True)
+    if grad_lse is not None:
+        ds = ds + resp * grad_lse.unsqueeze(1)
+    return ds
+
+
+def _save_kappa(ctx, inputs, output):
+    ctx.save_for_backward(output)
+    ctx.d = inputs[1]
+
+
+def _vmf_kappa_mle_backward(ctx, grad):
+    # kappa(rbar) inverts A_d: dkappa/drbar = 1 / A_d'(kappa).
+    (kappa,) = ctx.saved_tensors
+    nu = kappa.new_full((), 0.5 * ctx.d - 1.0)
+    return grad / _ops._bessel_iv_ratio_derivative(nu, kappa, 1), None
+
+
+torch.library.register_autograd("dhvc_ext::_row_log_softmax", _row_log_softmax_backward, setup_context=_save_outputs)
+torch.library.register_autograd("dhvc_ext::vmf_kappa_mle", _vmf_kappa_mle_backward, setup_context=_save_kappa)
