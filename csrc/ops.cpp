@@ -27,10 +27,10 @@ TORCH_LIBRARY(dhvc_ext, m) {
   m.def("vmf_log_normalizer(Tensor kappa, int d) -> Tensor");
   // rbar: mean resultant lengths in [0, 1), float32/float64; returns kappa = A_d^{-1}(rbar).
   m.def("vmf_kappa_mle(Tensor rbar, int d) -> Tensor");
-  // scores (N, K) of one floating dtype, modified in a copy: returns (scores - logsumexp_k, logsumexp_k), i.e.
-  // the log-softmax over each row and its normaliser, in one pass over the rows. The E-step of a vMF mixture
-  // once scores = z (kappa mu)^T + log pi + log C_d(kappa) (dhvc_ext/ops/mixture.py).
-  m.def("_row_log_softmax(Tensor scores) -> (Tensor, Tensor)");
+  // The vMF-mixture E-step: z (N, d), weighted_mu (K, d) = kappa_k mu_k, bias (K,) = log pi_k + log C_d(kappa_k),
+  // one floating dtype. Returns (log_resp (N, K), loglik (N,)): the row log-softmax of the scores
+  // s = bias + z weighted_mu^T and its normaliser (dhvc_ext/ops/vmfmm.py builds the arguments).
+  m.def("_vmfmm_scores_log_softmax(Tensor z, Tensor weighted_mu, Tensor bias) -> (Tensor, Tensor)");
   // loc (..., d) unit vectors, concentration (...) of loc's dtype, seed: 2 int64 (Philox key, counter offset).
   // Returns (samples (..., d) of loc's dtype, one_minus_w (...) float64 = 1 - loc^T sample), deterministic
   // in seed. The second output is what the backward needs, exact where 1 - loc^T sample would cancel.

@@ -67,15 +67,20 @@ def test_gradients(device):
     assert torch.autograd.gradgradcheck(f, args)
 
 
-def test_row_log_softmax_opcheck_and_edges(device):
-    scores = torch.randn(6, 5, dtype=F64, device=device, requires_grad=True)
-    torch.library.opcheck(torch.ops.dhvc_ext._row_log_softmax.default, (scores,))
-    lr, lse = torch.ops.dhvc_ext._row_log_softmax(scores.detach())
-    torch.testing.assert_close(lse, torch.logsumexp(scores.detach(), 1), rtol=1e-15, atol=0)
-    # Large scores do not overflow; a row with one -inf component gives it log-responsibility -inf.
-    big = torch.tensor([[1e300, 1e300 - 1e285], [0.0, -math.inf]], dtype=F64, device=device)
-    lr, lse = torch.ops.dhvc_ext._row_log_softmax(big)
-    assert torch.isfinite(lse).all() and lr[1, 1].item() == -math.inf and lr[1, 0].item() == 0.0
+def test_estep_op_opcheck_and_edges(device):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 3, generator=g, dtype=F64).to(device).requires_grad_()
+    w = torch.randn(5, 3, generator=g, dtype=F64).to(device).requires_grad_()
+    bias = torch.randn(5, generator=g, dtype=F64).to(device).requires_grad_()
+    torch.library.opcheck(torch.ops.dhvc_ext._vmfmm_scores_log_softmax.default, (z, w, bias))
+    lr, lse = torch.ops.dhvc_ext._vmfmm_scores_log_softmax(z.detach(), w.detach(), bias.detach())
+    scores = bias.detach() + z.detach() @ w.detach().t()
+    torch.testing.assert_close(lse, torch.logsumexp(scores, 1), rtol=1e-15, atol=0)
+    # Huge scores do not overflow; a component with bias -inf gets log-responsibility -inf.
+    zz = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=F64, device=device)
+    ww = torch.tensor([[1e300, 0.0], [0.0, 0.0]], dtype=F64, device=device)
+    lr, lse = torch.ops.dhvc_ext._vmfmm_scores_log_softmax(zz, ww, torch.tensor([0.0, -math.inf], dtype=F64, device=device))
+    assert torch.isfinite(lse).all() and lr[0, 0].item() == 0.0 and lr[1, 1].item() == -math.inf
 
 
 @pytest.mark.parametrize("hard", [False, True])

@@ -21,7 +21,7 @@ OPS = (
     "_bessel_iv_ratio_derivative",
     "vmf_log_normalizer",
     "vmf_kappa_mle",
-    "_row_log_softmax",
+    "_vmfmm_scores_log_softmax",
     "vmf_sample",
     "_vmf_sample_backward",
 )

@@ -5,8 +5,8 @@ Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) lo
 - ``vmfmm_log_responsibilities(z, mu, kappa, log_pi) -> (log_resp (N, K), loglik (N,))`` with the scores
   s_nk = log pi_k + log C_d(kappa_k) + kappa_k mu_k^T z_n, log_resp = s - logsumexp_k s and
   loglik = logsumexp_k s. The K normalisers are computed once, in float64 (through ``vmf_log_normalizer``), the
-  N x K dot products by one matrix product, and the log-softmax of every row in one pass
-  (``dhvc_ext::_row_log_softmax``). Differentiable in z, mu, kappa and log_pi (second order too).
+  N x K dot products by one matrix product, and the log-softmax of every row in one pass over the product's
+  own output (``dhvc_ext::_vmfmm_scores_log_softmax``). Differentiable in z, mu, kappa and log_pi (second order too).
 - ``vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False) -> (N_k (K,), S_k (K, d), total loglik)``: the
   E-step and the M-step sums, N_k = sum_n r_nk and S_k = sum_n r_nk z_n (r one-hot at the argmax when hard),
   over chunks of rows so that memory does not grow with N beyond the input. No gradient. The total
@@ -64,8 +64,7 @@ def vmfmm_log_responsibilities(z, mu, kappa, log_pi):
     # float32 before the difference that the softmax takes.
     bias = (log_pi.double() + vmf_log_normalizer(d, kappa.double())).to(dtype)
     weighted = mu.to(dtype) * kappa.to(dtype).unsqueeze(1)
-    scores = torch.addmm(bias, z.to(dtype), weighted.t())
-    return _ops._row_log_softmax(scores)
+    return _ops._vmfmm_scores_log_softmax(z.to(dtype).contiguous(), weighted.contiguous(), bias)
 
 
 @torch.no_grad()
@@ -110,10 +109,11 @@ def vmf_kappa_mle(d, rbar):
 # torch.library registrations.
 
 
-@torch.library.register_fake("dhvc_ext::_row_log_softmax")
-def _(scores):
-    torch._check(scores.dim() == 2, lambda: "_row_log_softmax: scores must be (N, K)")
-    return torch.empty_like(scores, memory_format=torch.contiguous_format), scores.new_empty(scores.shape[:1])
+@torch.library.register_fake("dhvc_ext::_vmfmm_scores_log_softmax")
+def _(z, weighted_mu, bias):
+    torch._check(z.dim() == 2 and weighted_mu.dim() == 2 and z.shape[1] == weighted_mu.shape[1],
+                 lambda: "_vmfmm_scores_log_softmax: z (N, d) and weighted_mu (K, d) must share d")
+    return z.new_empty((z.shape[0], weighted_mu.shape[0])), z.new_empty((z.shape[0],))
 
 
 @torch.library.register_fake("dhvc_ext::vmf_kappa_mle")
@@ -121,20 +121,23 @@ def _(rbar, d):
     return torch.empty_like(rbar, memory_format=torch.contiguous_format)
 
 
-def _save_outputs(ctx, inputs, output):
-    ctx.save_for_backward(output[0])
+def _save_estep(ctx, inputs, output):
+    z, weighted_mu, _ = inputs
+    ctx.save_for_backward(z, weighted_mu, output[0])
 
 
-def _row_log_softmax_backward(ctx, grad_log_resp, grad_lse):
-    # log_resp = s - lse(s), lse = logsumexp(s): ds = g_r - r sum_k g_r + r g_lse, r = exp(log_resp).
-    (log_resp,) = ctx.saved_tensors
+def _vmfmm_estep_backward(ctx, grad_log_resp, grad_lse):
+    # log_resp = s - lse(s), lse = logsumexp(s): ds = g_r - r sum_k g_r + r g_lse, r = exp(log_resp); then
+    # s = bias + z W^T gives dz = ds W, dW = ds^T z, dbias = sum_n ds. Made of differentiable torch ops, so
+    # second derivatives work too.
+    z, weighted_mu, log_resp = ctx.saved_tensors
     resp = log_resp.exp()
     ds = torch.zeros_like(log_resp)
     if grad_log_resp is not None:
         ds = ds + grad_log_resp - resp * grad_log_resp.sum(1, keepdim=True)
     if grad_lse is not None:
         ds = ds + resp * grad_lse.unsqueeze(1)
-    return ds
+    return ds @ weighted_mu, ds.t() @ z, ds.sum(0)
 
 
 def _save_kappa(ctx, inputs, output):
@@ -149,5 +152,7 @@ def _vmf_kappa_mle_backward(ctx, grad):
     return grad / _ops._bessel_iv_ratio_derivative(nu, kappa, 1), None
 
 
-torch.library.register_autograd("dhvc_ext::_row_log_softmax", _row_log_softmax_backward, setup_context=_save_outputs)
+torch.library.register_autograd(
+    "dhvc_ext::_vmfmm_scores_log_softmax", _vmfmm_estep_backward, setup_context=_save_estep
+)
 torch.library.register_autograd("dhvc_ext::vmf_kappa_mle", _vmf_kappa_mle_backward, setup_context=_save_kappa)

@@ -1,5 +1,6 @@
-// CUDA kernel of _row_log_softmax (see the CPU file): one thread per row, which suits the mixture E-step's
-// small K (tens to hundreds of components); rows are read twice from L1/L2.
+// CUDA kernel of _vmfmm_scores_log_softmax (see the CPU file): the scores by one cuBLAS product through
+// at::addmm, then one thread per row for the log-softmax in place, which suits the mixture E-step's small K
+// (tens to hundreds of components); each row is read twice from L1/L2.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -9,6 +10,8 @@
 
 #include <algorithm>
 #include <tuple>
+
+#include "../checks.h"
 
 namespace dhvc_ext {
 namespace {
@@ -31,27 +34,26 @@ __global__ void row_log_softmax_kernel(scalar_t* __restrict__ s, scalar_t* __res
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> row_log_softmax_cuda(const at::Tensor& scores) {
-  TORCH_CHECK(scores.dim() == 2, "_row_log_softmax: scores must be (N, K), got ", scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
-              "_row_log_softmax: expected float32 or float64 scores, got ", scores.scalar_type());
-  const c10::cuda::CUDAGuard guard(scores.device());
-  at::Tensor out = scores.contiguous().clone();
-  const int64_t n = out.size(0), k = out.size(1);
-  at::Tensor lse = at::empty({n}, out.options());
-  if (n == 0) return {out, lse};
+std::tuple<at::Tensor, at::Tensor> vmfmm_scores_log_softmax_cuda(const at::Tensor& z, const at::Tensor& weighted_mu,
+                                                                 const at::Tensor& bias) {
+  check_vmfmm_estep_inputs(z, weighted_mu, bias);
+  const c10::cuda::CUDAGuard guard(z.device());
+  at::Tensor scores = at::addmm(bias, z, weighted_mu.t()).contiguous();
+  const int64_t n = scores.size(0), k = scores.size(1);
+  at::Tensor lse = at::empty({n}, scores.options());
+  if (n == 0) return {scores, lse};
   const int threads = 128;
   const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65535));
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "row_log_softmax_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "vmfmm_scores_log_softmax_cuda", [&] {
     row_log_softmax_kernel<scalar_t><<<blocks, threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), n, k);
+        scores.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(), n, k);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, lse};
+  return {scores, lse};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dhvc_ext, CUDA, m) { m.impl("_row_log_softmax", &row_log_softmax_cuda); }
+TORCH_LIBRARY_IMPL(dhvc_ext, CUDA, m) { m.impl("_vmfmm_scores_log_softmax", &vmfmm_scores_log_softmax_cuda); }
 
 }  // namespace dhvc_ext
