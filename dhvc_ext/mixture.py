@@ -1,0 +1,484 @@
+"""Mixtures of von Mises-Fisher distributions on S^{d-1} in R^d, and spherical k-means, built on ``dhvc_ext.ops``.
+
+- ``VMFMixture``: a ``torch.nn.Module`` holding K components (mean directions, concentrations, weights) as
+  unconstrained parameters, with a differentiable ``log_prob`` / ``posterior`` (for training by gradient) and
+  a closed-form ``em_step`` (for fitting by EM).
+- ``VonMisesFisherMixture``: a scikit-learn-style estimator (``fit``, ``predict``, ``predict_proba``,
+  ``score``, ``bic``, ...) that runs EM on a ``VMFMixture`` from a spherical k-means++ start.
+- ``SphericalKMeans``: k-means with cosine similarity (assign by max mu^T z, centres = normalised means).
+
+Formulas (shared/KERNELS.md section 3), with p(z) = sum_k pi_k C_d(kappa_k) exp(kappa_k mu_k^T z):
+
+    E-step  s_nk = log pi_k + log C_d(kappa_k) + kappa_k mu_k^T z_n,   log r_nk = s_nk - logsumexp_k s_nk
+    M-step  N_k = sum_n r_nk, S_k = sum_n r_nk z_n, pi_k = N_k / N, mu_k = S_k / |S_k|,
+            kappa_k = A_d^{-1}(|S_k| / N_k)
+
+The E-step and the sums are the ``vmfmm_log_responsibilities`` / ``vmfmm_em_statistics`` ops (one pass over
+z, log C_d in float64), A_d^{-1} is ``vmf_kappa_mle``: no SciPy Bessel function, so nothing overflows for
+kappa up to 1e6 and d in the thousands (SciPy's ``iv`` overflows above kappa ~ 700, which is what breaks the
+spherecluster package). Guards in the M-step: a component whose N_k falls below 1e-8 N is re-seeded at a
+random data point instead of producing 0/0; a mean resultant length |S_k| / N_k -> 1 (all its points equal)
+would give kappa = inf and is capped at ``kappa_max`` with a ``ConcentrationCapWarning``.
+
+Estimators take NumPy arrays or torch tensors of shape (n_samples, d), L2-normalise the rows unless
+``normalize=False`` (a zero row is a ValueError), compute in torch on ``device`` in ``dtype`` and return
+NumPy arrays. ``random_state`` (None, an int or a ``numpy.random.RandomState``) seeds a ``torch.Generator``
+per initialisation, so the same int gives identical results.
+"""
+import math
+import numbers
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from dhvc_ext import ops
+
+__all__ = ["ConcentrationCapWarning", "SphericalKMeans", "VMFMixture", "VonMisesFisherMixture"]
+
+#: A component whose responsibility mass N_k is below this fraction of N is re-seeded in the M-step.
+EMPTY_FRACTION = 1e-8
+
+
+class ConcentrationCapWarning(RuntimeWarning):
+    """The M-step's kappa = A_d^{-1}(rbar) exceeded ``kappa_max`` (rbar -> 1: a component's points coincide)."""
+
+
+def _inverse_softplus(y):
+    """x with softplus(x) = y for y > 0. Above 20 torch's softplus returns its input, so x = y exactly there."""
+    y = y.clamp_min(torch.finfo(y.dtype).tiny)
+    return torch.where(y > 20, y, y + torch.log(-torch.expm1(-y)))
+
+
+class VMFMixture(torch.nn.Module):
+    """K von Mises-Fisher components on S^{d-1}: p(z) = sum_k pi_k C_d(kappa_k) exp(kappa_k mu_k^T z).
+
+    Parameters (unconstrained, trainable by gradient): ``mu_raw`` (K, d) with mu = mu_raw / |mu_raw|,
+    ``kappa_raw`` (K,) with kappa = softplus(kappa_raw) + kappa_min, ``logits`` (K,) with pi = softmax(logits).
+
+    Args:
+        n_components: K >= 1.
+        dim: the ambient dimension d >= 2.
+        kappa_init: initial concentration of every component (> kappa_min).
+        kappa_min: lower bound of kappa under the softplus parameterisation (>= 0).
+        kappa_max: the cap ``em_step`` applies where A_d^{-1} diverges.
+        generator: torch.Generator for the random initial means (standard normal, normalised) and the
+            default generator of ``em_step``'s re-seeding; None uses torch's global generator.
+        device, dtype: of the parameters (float32 or float64).
+    """
+
+    def __init__(self, n_components, dim, *, kappa_init=1.0, kappa_min=0.0, kappa_max=1e6, generator=None,
+                 device=None, dtype=torch.float32):
+        super().__init__()
+        if isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral) or n_components < 1:
+            raise ValueError(f"VMFMixture: n_components must be an int >= 1, got {n_components!r}")
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
+            raise ValueError(f"VMFMixture: dim must be an int >= 2 (the sphere S^(d-1) in R^d), got {dim!r}")
+        if not kappa_min >= 0:
+            raise ValueError(f"VMFMixture: kappa_min must be >= 0, got {kappa_min!r}")
+        if not kappa_init > kappa_min:
+            raise ValueError(f"VMFMixture: kappa_init must be > kappa_min = {kappa_min}, got {kappa_init!r}")
+        if not kappa_max > kappa_init:
+            raise ValueError(f"VMFMixture: kappa_max must be > kappa_init = {kappa_init}, got {kappa_max!r}")
+        self.n_components, self.dim = int(n_components), int(dim)
+        self.kappa_min, self.kappa_max = float(kappa_min), float(kappa_max)
+        self.generator = generator
+        factory = dict(device=device, dtype=dtype)
+        mu = torch.randn(self.n_components, self.dim, generator=generator, dtype=dtype,
+                         device=generator.device if generator is not None else device).to(**factory)
+        self.mu_raw = torch.nn.Parameter(F.normalize(mu, dim=-1))
+        kappa = torch.full((self.n_components,), kappa_init - kappa_min, **factory)
+        self.kappa_raw = torch.nn.Parameter(_inverse_softplus(kappa))
+        self.logits = torch.nn.Parameter(torch.zeros(self.n_components, **factory))
+
+    @property
+    def mu(self):
+        """(K, d) unit mean directions."""
+        return F.normalize(self.mu_raw, dim=-1)
+
+    @property
+    def kappa(self):
+        """(K,) concentrations, >= kappa_min."""
+        return F.softplus(self.kappa_raw) + self.kappa_min
+
+    @property
+    def pi(self):
+        """(K,) mixture weights, summing to 1."""
+        return torch.softmax(self.logits, dim=-1)
+
+    @property
+    def log_pi(self):
+        """(K,) log mixture weights."""
+        return torch.log_softmax(self.logits, dim=-1)
+
+    def _check_z(self, z):
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"VMFMixture: z must be a tensor of shape (N, {self.dim}) with unit rows, got {shape}")
+        return z.to(device=self.mu_raw.device, dtype=self.mu_raw.dtype)
+
+    def _e_step(self, z):
+        return ops.vmfmm_log_responsibilities(self._check_z(z), self.mu, self.kappa, self.log_pi)
+
+    def log_prob(self, z):
+        """log p(z_n) for z (N, d) unit rows: (N,). Differentiable in z and the parameters."""
+        return self._e_step(z)[1]
+
+    def log_posterior(self, z):
+        """log r_nk = log p(component k | z_n) for z (N, d): (N, K)."""
+        return self._e_step(z)[0]
+
+    def posterior(self, z):
+        """Responsibilities r_nk = p(component k | z_n) for z (N, d): (N, K), rows summing to 1."""
+        return self._e_step(z)[0].exp()
+
+    @torch.no_grad()
+    def em_step(self, z, hard=False, generator=None):
+        """One EM iteration on z (N, d) unit rows; writes mu, kappa, pi in place (no gradient).
+
+        ``hard=True`` uses one-hot argmax responsibilities (classification EM). ``generator`` draws the data
+        points that re-seed near-empty components (default: the module's generator). Returns the mean
+        log-likelihood (1/N) sum_n log p(z_n) under the parameters *before* the update, a Python float (EM
+        guarantees it does not decrease from one soft step to the next, barring re-seeding).
+        """
+        z = self._check_z(z)
+        n_k, s_k, total = ops.vmfmm_em_statistics(z, self.mu, self.kappa, self.log_pi, hard=hard)
+        self._m_step(z, n_k, s_k, generator)
+        return float(total) / z.shape[0]
+
+    @torch.no_grad()
+    def _m_step(self, z, n_k, s_k, generator=None):
+        """Closed-form M-step from the sufficient statistics N_k (K,) and S_k (K, d) of z (N, d)."""
+        n, dtype = z.shape[0], self.mu_raw.dtype
+        n_k, s_k = n_k.to(torch.float64), s_k.to(torch.float64)
+        norm = torch.linalg.vector_norm(s_k, dim=-1)
+        empty = (n_k < EMPTY_FRACTION * n) | (norm == 0)
+        safe_n = torch.where(empty, torch.ones_like(n_k), n_k)
+        rbar = (norm / safe_n).clamp(0.0, 1.0)
+        kappa = ops.vmf_kappa_mle(self.dim, torch.where(empty, torch.zeros_like(rbar), rbar))
+        over = ~empty & ~(kappa <= self.kappa_max)
+        if bool(over.any()):
+            warnings.warn(
+                f"VMFMixture.em_step: components {over.nonzero().flatten().tolist()} have mean resultant length "
+                f"{rbar[over].tolist()} (-> 1: their points coincide); kappa capped at kappa_max = {self.kappa_max:g}",
+                ConcentrationCapWarning, stacklevel=3)
+            kappa = torch.where(over, torch.full_like(kappa, self.kappa_max), kappa)
+        mu = s_k / torch.where(empty, torch.ones_like(norm), norm)[:, None]
+        pi = n_k / n
+        if bool(empty.any()):
+            # Re-seed at random data points, with the median concentration of the others and a weight of one
+            # point: EM can then pull it towards whatever it explains, instead of dividing 0 by 0.
+            idx = empty.nonzero().flatten()
+            gen = generator if generator is not None else self.generator
+            pick = torch.randint(n, (idx.numel(),), generator=gen,
+                                 device=gen.device if gen is not None else z.device).to(z.device)
+            mu[idx] = z[pick].to(torch.float64)
+            kappa[idx] = kappa[~empty].median() if bool((~empty).any()) else max(1.0, self.kappa_min + 1.0)
+            pi[idx] = 1.0 / n
+            pi = pi / pi.sum()
+        kappa = kappa.clamp_min(self.kappa_min)
+        self.mu_raw.copy_(mu.to(dtype))
+        self.kappa_raw.copy_(_inverse_softplus((kappa - self.kappa_min).to(dtype)))
+        self.logits.copy_(torch.log(pi).to(dtype))
+
+    def sample(self, n, generator=None):
+        """n draws: (z (n, d), labels (n,) int64). Labels ~ Categorical(pi), then z ~ vMF(mu_label, kappa_label)
+        by ``dhvc_ext.ops.vmf_sample`` (reparameterised in mu and kappa; labels carry no gradient)."""
+        labels = torch.multinomial(self.pi.detach(), int(n), replacement=True, generator=generator)
+        return ops.vmf_sample(self.mu[labels], self.kappa[labels], generator=generator), labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Estimators
+
+
+def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.float64):
+    """X (NumPy array, torch tensor or nested list) -> (N, d) tensor of unit rows on device in dtype."""
+    if isinstance(X, torch.Tensor):
+        z = X.detach().to(device=device, dtype=dtype)
+    else:
+        z = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device).to(dtype)
+    if z.dim() != 2 or z.shape[0] < 1 or z.shape[1] < 2:
+        raise ValueError(f"{who}: X must be 2-D (n_samples >= 1, n_features >= 2), got shape {tuple(z.shape)}")
+    if dim is not None and z.shape[1] != dim:
+        raise ValueError(f"{who}: X has {z.shape[1]} features, but the estimator was fitted with {dim}")
+    finite = torch.isfinite(z).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"{who}: X contains NaN or infinity (row {int((~finite).nonzero()[0])})")
+    norm = torch.linalg.vector_norm(z, dim=1)
+    if normalize:
+        if bool((norm == 0).any()):
+            raise ValueError(f"{who}: row {int((norm == 0).nonzero()[0])} of X is zero and has no direction")
+        return z / norm[:, None]
+    tol = max(torch.finfo(dtype).eps ** 0.5, 1e-6)
+    bad = (norm - 1).abs() > tol
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{who}: normalize=False but row {i} of X has norm {float(norm[i]):g}, not 1")
+    return z
+
+
+def _torch_generator(random_state, device):
+    """A torch.Generator on device seeded from a NumPy RandomState (one draw)."""
+    seed = int(random_state.randint(0, 2**62, dtype=np.int64))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _spherical_kmeans_pp(z, k, generator):
+    """Greedy k-means++ on the sphere: the first centre uniformly among the rows of z (N, d); for each next one,
+    2 + floor(log k) candidates drawn with probability proportional to 1 - (max cosine to the chosen centres),
+    of which the one that leaves the smallest potential sum_n (1 - max cosine) is kept (scikit-learn's greedy
+    k-means++: plain k-means++ puts two centres in one cluster of three well separated ones about one time
+    in eight, and EM does not undo that). Returns (k, d) rows of z."""
+    n, trials = z.shape[0], 2 + int(math.log(k))
+    idx = [int(torch.randint(n, (1,), generator=generator, device=generator.device))]
+    best = z @ z[idx[0]]
+    for _ in range(1, k):
+        weight = (1 - best).clamp_min(0)
+        if not bool(weight.sum() > 0):  # every row sits on a centre: any choice is as good
+            weight = torch.ones_like(weight)
+        cand = torch.multinomial(weight.to(generator.device), trials, replacement=True, generator=generator).to(z.device)
+        closest = torch.maximum(best[None, :], z[cand] @ z.T)  # (trials, N)
+        pick = int((1 - closest).sum(dim=1).argmin())
+        idx.append(int(cand[pick]))
+        best = closest[pick]
+    return z[idx]
+
+
+def _check_int(value, name, who, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{who}: {name} must be an int >= {low}, got {value!r}")
+
+
+class VonMisesFisherMixture(BaseEstimator):
+    """Mixture of von Mises-Fisher distributions fitted by EM (scikit-learn estimator API).
+
+    Args:
+        n_components: K >= 1.
+        init: "k-means++" (spherical greedy k-means++ centres: the first uniform, the next ones among
+            candidates drawn with probability proportional to 1 - max cosine to the chosen ones) or "random"
+            (K distinct random rows). The centres give hard labels from which one M-step makes the initial
+            (mu, kappa, pi).
+        n_init: number of initialisations; the one with the best final lower bound is kept.
+        max_iter: EM iterations per initialisation.
+        tol: stop when the mean log-likelihood changes by less than tol between iterations.
+        posterior_type: "soft" (EM) or "hard" (classification EM: one-hot argmax responsibilities).
+        kappa_max: cap of the concentrations (reached when a component's points coincide; warns).
+        normalize: L2-normalise the rows of every X (a zero row raises ValueError); if False, rows must
+            already be unit vectors.
+        random_state: None, an int or a numpy.random.RandomState.
+        device, dtype: where and in what precision torch computes (float32 or float64).
+
+    Fitted attributes (NumPy): ``weights_`` (K,), ``means_`` (K, d), ``concentrations_`` (K,), ``n_iter_``,
+    ``converged_``, ``lower_bound_`` (mean log-likelihood at the parameters before the last M-step, as in
+    scikit-learn's GaussianMixture), and ``mixture_``, the fitted ``VMFMixture``.
+    """
+
+    def __init__(self, n_components=1, *, init="k-means++", n_init=1, max_iter=100, tol=1e-6, posterior_type="soft",
+                 kappa_max=1e6, normalize=True, random_state=None, device=None, dtype=torch.float64):
+        self.n_components = n_components
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.posterior_type = posterior_type
+        self.kappa_max = kappa_max
+        self.normalize = normalize
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+
+    def _validate_params(self):
+        who = type(self).__name__
+        _check_int(self.n_components, "n_components", who, 1)
+        _check_int(self.n_init, "n_init", who, 1)
+        _check_int(self.max_iter, "max_iter", who, 1)
+        if self.init not in ("k-means++", "random"):
+            raise ValueError(f"{who}: init must be 'k-means++' or 'random', got {self.init!r}")
+        if self.posterior_type not in ("soft", "hard"):
+            raise ValueError(f"{who}: posterior_type must be 'soft' or 'hard', got {self.posterior_type!r}")
+        if not (isinstance(self.tol, numbers.Real) and self.tol >= 0):
+            raise ValueError(f"{who}: tol must be a number >= 0, got {self.tol!r}")
+        if not (isinstance(self.kappa_max, numbers.Real) and self.kappa_max > 1):
+            raise ValueError(f"{who}: kappa_max must be a number > 1, got {self.kappa_max!r}")
+        if self.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{who}: dtype must be torch.float32 or torch.float64, got {self.dtype!r}")
+
+    def _input(self, X, fitted=True):
+        if fitted:
+            check_is_fitted(self)
+        dim = self.means_.shape[1] if fitted else None
+        return _as_unit_rows(X, type(self).__name__, dim, self.normalize, self.device, self.dtype)
+
+    def _init_mixture(self, z, generator):
+        k, (n, d) = self.n_components, z.shape
+        model = VMFMixture(k, d, kappa_max=self.kappa_max, generator=generator, device=z.device, dtype=z.dtype)
+        if self.init == "k-means++":
+            centres = _spherical_kmeans_pp(z, k, generator)
+        else:
+            centres = z[torch.randperm(n, generator=generator, device=generator.device)[:k].to(z.device)]
+        labels = (z @ centres.T).argmax(dim=1)
+        resp = F.one_hot(labels, k).to(z.dtype)
+        model._m_step(z, resp.sum(0), resp.T @ z, generator)
+        return model
+
+    def fit(self, X, y=None):
+        """Fit the mixture to X (n_samples, d). Returns self."""
+        self._validate_params()
+        z = self._input(X, fitted=False)
+        if z.shape[0] < self.n_components:
+            raise ValueError(f"{type(self).__name__}: n_samples = {z.shape[0]} must be >= "
+                             f"n_components = {self.n_components}")
+        rng = check_random_state(self.random_state)
+        best = None
+        for _ in range(self.n_init):
+            generator = _torch_generator(rng, z.device)
+            model = self._init_mixture(z, generator)
+            lower_bound, converged, n_iter = -math.inf, False, 0
+            for n_iter in range(1, self.max_iter + 1):
+                previous = lower_bound
+                lower_bound = model.em_step(z, hard=self.posterior_type == "hard", generator=generator)
+                if abs(lower_bound - previous) < self.tol:
+                    converged = True
+                    break
+            if best is None or lower_bound > best[0]:
+                best = (lower_bound, model, n_iter, converged)
+        self.lower_bound_, self.mixture_, self.n_iter_, self.converged_ = best
+        if not self.converged_:
+            warnings.warn(f"{type(self).__name__}: EM did not converge in max_iter = {self.max_iter} iterations "
+                          f"(tol = {self.tol:g}); increase max_iter or tol", ConvergenceWarning, stacklevel=2)
+        with torch.no_grad():
+            self.weights_ = self.mixture_.pi.cpu().numpy()
+            self.means_ = self.mixture_.mu.cpu().numpy()
+            self.concentrations_ = self.mixture_.kappa.cpu().numpy()
+        return self
+
+    def fit_predict(self, X, y=None):
+        """fit(X), then the labels of X (n_samples,)."""
+        return self.fit(X).predict(X)
+
+    @torch.no_grad()
+    def _log_resp(self, X):
+        z = self._input(X)  # checks that the estimator is fitted
+        return self.mixture_._e_step(z)
+
+    def predict(self, X):
+        """Most probable component of each row: (n_samples,) int64."""
+        return self._log_resp(X)[0].argmax(dim=1).cpu().numpy()
+
+    def predict_proba(self, X):
+        """Responsibilities p(k | x): (n_samples, K)."""
+        return self._log_resp(X)[0].exp().cpu().numpy()
+
+    def score_samples(self, X):
+        """log p(x) per row (density with respect to the surface measure of S^{d-1}): (n_samples,)."""
+        return self._log_resp(X)[1].cpu().numpy()
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of the rows of X, a float."""
+        return float(self._log_resp(X)[1].to(torch.float64).mean())
+
+    def sample(self, n_samples=1):
+        """(X (n_samples, d), y (n_samples,)) drawn from the fitted mixture, seeded by random_state."""
+        check_is_fitted(self)
+        _check_int(n_samples, "n_samples", type(self).__name__, 1)
+        generator = _torch_generator(check_random_state(self.random_state), self.mixture_.mu_raw.device)
+        with torch.no_grad():
+            z, labels = self.mixture_.sample(n_samples, generator=generator)
+        return z.cpu().numpy(), labels.cpu().numpy()
+
+    def _n_parameters(self):
+        k, d = self.means_.shape
+        return k * (d - 1) + k + (k - 1)
+
+    def bic(self, X):
+        """Bayesian information criterion -2 log L + p log N (lower is better), p = K(d-1) + K + (K-1)."""
+        n = self._input(X).shape[0]
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X):
+        """Akaike information criterion -2 log L + 2 p (lower is better), p = K(d-1) + K + (K-1)."""
+        n = self._input(X).shape[0]
+        return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+
+class SphericalKMeans(BaseEstimator):
+    """k-means with cosine similarity: assign each unit row to the centre of largest mu^T z, move each centre
+    to the normalised mean of its rows. Rows are L2-normalised (a zero row raises ValueError).
+
+    Args:
+        n_clusters: K >= 1. n_init: k-means++ restarts; the lowest inertia is kept. max_iter, tol: stop when
+        the inertia decreases by less than tol. random_state, device, dtype: as in VonMisesFisherMixture.
+
+    Fitted attributes (NumPy): ``cluster_centers_`` (K, d) unit rows, ``labels_`` (n_samples,), ``inertia_``
+    (sum of 1 - cosine to the assigned centre), ``n_iter_``. An empty cluster is moved to the row farthest
+    from its centre.
+    """
+
+    def __init__(self, n_clusters=8, *, n_init=1, max_iter=100, tol=1e-6, random_state=None, device=None,
+                 dtype=torch.float64):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+
+    def _input(self, X, fitted=True):
+        if fitted:
+            check_is_fitted(self)
+        dim = self.cluster_centers_.shape[1] if fitted else None
+        return _as_unit_rows(X, type(self).__name__, dim, True, self.device, self.dtype)
+
+    @staticmethod
+    def _lloyd(z, centres, max_iter, tol):
+        k = centres.shape[0]
+        inertia, n_iter = math.inf, 0
+        for n_iter in range(1, max_iter + 1):
+            cos, labels = (z @ centres.T).max(dim=1)
+            previous, inertia = inertia, float((1 - cos).sum())
+            sums = torch.zeros_like(centres).index_add_(0, labels, z)
+            counts = torch.bincount(labels, minlength=k)
+            for j in (counts == 0).nonzero().flatten().tolist():
+                far = int(cos.argmin())
+                sums[j], cos[far] = z[far], 1.0
+            centres = F.normalize(sums, dim=1)
+            if previous - inertia < tol:
+                break
+        cos, labels = (z @ centres.T).max(dim=1)
+        return centres, labels, float((1 - cos).sum()), n_iter
+
+    def fit(self, X, y=None):
+        """Cluster X (n_samples, d). Returns self."""
+        who = type(self).__name__
+        _check_int(self.n_clusters, "n_clusters", who, 1)
+        _check_int(self.n_init, "n_init", who, 1)
+        _check_int(self.max_iter, "max_iter", who, 1)
+        z = self._input(X, fitted=False)
+        if z.shape[0] < self.n_clusters:
+            raise ValueError(f"{who}: n_samples = {z.shape[0]} must be >= n_clusters = {self.n_clusters}")
+        rng = check_random_state(self.random_state)
+        best = None
+        for _ in range(self.n_init):
+            generator = _torch_generator(rng, z.device)
+            result = self._lloyd(z, _spherical_kmeans_pp(z, self.n_clusters, generator), self.max_iter, self.tol)
+            if best is None or result[2] < best[2]:
+                best = result
+        centres, labels, self.inertia_, self.n_iter_ = best
+        self.cluster_centers_ = centres.cpu().numpy()
+        self.labels_ = labels.cpu().numpy()
+        return self
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    def predict(self, X):
+        """Index of the closest centre (largest cosine) of each row: (n_samples,) int64."""
+        z = self._input(X)
+        return (z @ torch.as_tensor(self.cluster_centers_, device=z.device, dtype=z.dtype).T).argmax(dim=1).cpu().numpy()
