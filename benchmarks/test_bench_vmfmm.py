@@ -1,10 +1,15 @@
-"""Benchmarks of the vMF-mixture E-step: ``vmfmm_log_responsibilities`` against the plain PyTorch composite
-(matmul, add, logsumexp, subtract) on the same inputs, float32, 1 and 2 threads, at
-(N, d, K) in {(1e6, 10, 10), (2e5, 64, 100), (1e5, 512, 10)}. extra_info n_elements = N (rows per second).
-A CUDA group runs where a GPU and our CUDA kernels are.
+"""Benchmarks of the vMF mixture.
+
+- E-step: ``vmfmm_log_responsibilities`` against the plain PyTorch composite (matmul, add, logsumexp,
+  subtract) on the same inputs, float32, 1 and 2 threads, at (N, d, K) in {(1e6, 10, 10), (2e5, 64, 100),
+  (1e5, 512, 10)}; extra_info n_elements = N (rows per second). A CUDA group runs where a GPU and our CUDA
+  kernels are.
+- EM fit: 20 iterations of our estimator against the NumPy reference EM, with scikit-learn's KMeans as a
+  point of reference; n_elements = N x iterations.
 """
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +72,47 @@ def test_estep_cuda(benchmark, cuda_ops, n, d, k, impl):
     benchmark.group = f"vmfmm E-step N={n} d={d} K={k} cuda"
     benchmark.extra_info.update(n_elements=n, bytes_read=z.numel() * 4, bytes_written=n * (k + 1) * 4)
     benchmark.pedantic(timed, rounds=20, iterations=1, warmup_rounds=2)
+
+
+EM_N, EM_D, EM_K, EM_ITERS = 20_000, 10, 10, 20
+
+
+@pytest.fixture(scope="module")
+def em_data(ops):
+    """20000 points of a 10-component vMF mixture on S^9 (float64), and an initialisation for the reference."""
+    g = torch.Generator().manual_seed(1)
+    means = torch.nn.functional.normalize(torch.randn(EM_K, EM_D, generator=g, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, EM_K, (EM_N,), generator=g)
+    kappa = torch.full((EM_N,), 30.0, dtype=torch.float64)
+    x = ops.vmf_sample(means[labels], kappa, generator=g)
+    init = x[torch.randperm(EM_N, generator=g)[:EM_K]]
+    return x, init
+
+
+@pytest.mark.parametrize("impl", ["ours", "numpy", "sklearn_kmeans"])
+def test_em_fit(benchmark, em_data, impl):
+    """20 EM iterations on N = 20000, d = 10, K = 10 (float64, 1 thread): ours (the estimator, k-means++ start
+    included) against the plain NumPy/SciPy EM of dhvc_ext.reference from a random start, with scikit-learn's
+    KMeans (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
+    from sklearn.cluster import KMeans
+
+    from dhvc_ext import reference
+    from dhvc_ext.mixture import VonMisesFisherMixture
+
+    x, init = em_data
+    xn = x.numpy()
+    benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} cpu"
+    benchmark.extra_info.update(n_elements=EM_N * EM_ITERS)
+    if impl == "ours":
+        def fit():
+            return VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(x)
+    elif impl == "numpy":
+        kappa0, pi0 = np.full(EM_K, 10.0), np.full(EM_K, 1.0 / EM_K)
+
+        def fit():
+            return reference.vmfmm_em_numpy(xn, init.numpy(), kappa0, pi0, EM_ITERS)
+    else:
+        def fit():
+            return KMeans(EM_K, n_init=1, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(xn)
+    with torch_threads(1):
+        benchmark.pedantic(fit, rounds=3, iterations=1, warmup_rounds=1)
