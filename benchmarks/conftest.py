@@ -1,8 +1,10 @@
-"""Shared fixtures for the pytest-benchmark suites (fixtures only: test files import nothing from here).
+"""Shared fixtures for the pytest-benchmark suites, and ``torch_threads`` (the one helper the files import).
 
 Run: ``python -m pytest benchmarks/ -q --benchmark-json=results.json`` then
 ``python benchmarks/summarize.py results.json``.
 """
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,17 @@ N_ELEMENTS = 1_000_000
 SEED = 0
 DTYPES = ("float64", "float32")
 OPS_NEEDED = ("log_bessel_iv", "bessel_iv_ratio", "vmf_log_normalizer", "cuda_available")
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """Run the body with torch.set_num_threads(n), restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _load_ops():

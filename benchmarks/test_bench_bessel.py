@@ -11,7 +11,6 @@ Every benchmark also checks what it timed: ours and the plain PyTorch reference 
 nonfinite_share (-inf / NaN) and inaccurate_share (finite but off: the float32 log of a subnormal ive, a
 ratio of 0 where ive(nu + 1, x) underflows).
 """
-import contextlib
 import math
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from dhvc_ext import reference
+from conftest import torch_threads
 
 DTYPES = ("float64", "float32")  # the keys of the bessel_inputs and kappa_grid fixtures
 VMF_D = 512
@@ -33,17 +33,6 @@ CUDA_ROUNDS = 20
 # on purpose (python_tests/ holds the accuracy tests); it only catches wrong results. float32 leaves room
 # for the reference's own float32 cancellation (up to 1e-4 in log I, 3e-4 in log C_512 where they cross 0).
 TOL = {"float64": 1e-10, "float32": 1e-3}
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run the body with torch.set_num_threads(n), restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def nonfinite_share(out):

@@ -22,7 +22,6 @@ wrong sampler fails here. SciPy and Power Spherical are timed as they are: their
 (extra_info mean_one_minus_w_error_se, in standard errors) without failing.
 A CUDA group (ours, torch, power_spherical; synchronised) runs only where a GPU and our CUDA kernels are.
 """
-import contextlib
 import math
 
 import numpy as np
@@ -32,6 +31,7 @@ import scipy.stats
 import torch
 
 from dhvc_ext import reference
+from conftest import torch_threads
 
 DIMS = (3, 10, 64, 512)
 KAPPAS = (1.0, 50.0, 1e3)
@@ -45,17 +45,6 @@ SCIPY_N = {512: 10_000}
 # Agreement demanded of what was timed: | ||z|| - 1 | in float32, and the mean of 1 - w in standard errors.
 NORM_TOL = 1e-5
 MEAN_SE_TOL = 5.0
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    """Run the body with torch.set_num_threads(n), restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _one_minus_w(z, loc):

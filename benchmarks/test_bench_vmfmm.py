@@ -7,23 +7,13 @@
 - EM fit: 20 iterations of our estimator against the NumPy reference EM, with scikit-learn's KMeans as a
   point of reference; n_elements = N x iterations.
 """
-import contextlib
 
 import numpy as np
 import pytest
 import torch
+from conftest import torch_threads
 
 SHAPES = [(1_000_000, 10, 10), (200_000, 64, 100), (100_000, 512, 10)]
-
-
-@contextlib.contextmanager
-def torch_threads(n):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _inputs(n, d, k, device):
