@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_DEFAULT := torch==2.13.0
-DEPS := numpy scipy scikit-learn mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical
+DEPS := numpy scipy scikit-learn tqdm mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical
 BUILD_LOG := build/pip-build.log
 
 .PHONY: demo test venv build cpp-test py-test bench cuda-check asan clean

@@ -1,0 +1,356 @@
+"""Training DHVC (shared/METHOD.md "Training"): pretraining, vMF-mixture initialisation, joint training,
+prediction.
+
+    trainer = Trainer(TrainConfig(n_clusters=10), n_features=64)
+    history = trainer.fit(dataset)            # dhvc_ext.data.Dataset
+    labels = trainer.predict(dataset)         # (N,) int64, argmax q(c|x) (or p(c|mu_x), see ``predict_with``)
+
+Schedule (epochs counted globally, so that a run can stop and resume at any epoch boundary):
+1. ``pretrain_epochs`` of the S-VAE objective, recon + beta KL(q(z|x) || U), with Adam at ``pretrain_lr``.
+2. The data are encoded to mu_x and a ``VonMisesFisherMixture`` is fitted to them (spherical k-means++
+   starts, ``mixture_n_init`` restarts, the best log-likelihood kept); the model's ``VMFMixture`` takes its
+   parameters. The cluster head is then fitted to p(c|mu_x) by cross-entropy (``head_warmstart_steps``
+   full-batch Adam steps on the encoded data; no labels anywhere).
+3. ``epochs`` of the joint objective with Adam at ``lr``, multiplied by ``lr_decay`` every ``lr_step`` epochs.
+   The mixture follows by ``mixture_update``: "em" refreshes it by ``em_iters`` EM steps on the encoded
+   data every ``em_every`` epochs (no gradient reaches it), "gradient" trains it by backpropagation in its
+   own parameter group at ``mixture_lr_scale`` times the learning rate (VaDE, DSVAE).
+
+Reproducibility: ``seed`` seeds torch (network initialisation, the vMF sampler, batch order) and the mixture
+initialisation; on the CPU a run with the same seed, data and thread count gives the same result.
+Device: "auto" is CUDA when torch sees a GPU and the extension has CUDA kernels. When torch sees a GPU but
+the extension was built without CUDA, "auto" warns loudly and uses the CPU (``device="cuda"`` raises).
+"""
+import dataclasses
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dhvc_ext import ops
+from dhvc_ext.mixture import VonMisesFisherMixture, _inverse_softplus
+from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
+
+__all__ = ["TrainConfig", "Trainer", "resolve_device"]
+
+#: Rows per forward pass when encoding a whole data set (no gradient).
+ENCODE_BATCH = 4096
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a DHVC run; the defaults are the ones the results in the README use.
+
+    Model: n_clusters, latent_dim (d of S^{d-1}), hidden, arch ("mlp" or "conv"), likelihood ("auto":
+    Bernoulli when the data lie in [0, 1], else Gaussian), kappa_min, head ("separate" or "mixture").
+    Objective: beta, alpha, eta, lam, kl_direction (``dhvc_ext.models.LossWeights``).
+    Schedule: see the module docstring. Predictions: predict_with "head" (argmax q(c|x)) or "mixture"
+    (argmax p(c|mu_x)). Runtime: seed, device ("auto", "cpu", "cuda", "cuda:1", ...), bf16 (autocast on
+    CUDA only), num_threads (torch CPU threads; None leaves torch's setting).
+    """
+
+    n_clusters: int = 10
+    latent_dim: int = 10
+    hidden: tuple = (500, 500, 2000)
+    arch: str = "mlp"
+    likelihood: str = "auto"
+    kappa_min: float = 1.0
+    head: str = "separate"
+    beta: float = 1.0
+    alpha: float = 1.0
+    eta: float = 1.0
+    lam: float = 4.0
+    kl_direction: str = "forward"
+    pretrain_epochs: int = 50
+    pretrain_beta: float = 0.0
+    epochs: int = 50
+    batch_size: int = 256
+    pretrain_lr: float = 1e-3
+    lr: float = 1e-3
+    lr_decay: float = 0.9
+    lr_step: int = 10
+    mixture_update: str = "em"
+    em_every: int = 1
+    em_iters: int = 5
+    mixture_lr_scale: float = 0.1
+    mixture_fit_on: str = "samples"
+    mixture_n_init: int = 5
+    head_warmstart_steps: int = 200
+    predict_with: str = "head"
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    num_threads: int = None
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        for name, low in (("n_clusters", 2), ("latent_dim", 2), ("pretrain_epochs", 0), ("epochs", 0),
+                          ("batch_size", 1), ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
+                          ("mixture_n_init", 1), ("head_warmstart_steps", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"TrainConfig: {name} must be an int >= {low}, got {value!r}")
+        for name in ("pretrain_lr", "lr", "lr_decay", "mixture_lr_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"TrainConfig: {name} must be a finite number > 0, got {value!r}")
+        choices = dict(likelihood=("auto", "bernoulli", "gaussian"), mixture_update=("em", "gradient"),
+                       predict_with=("head", "mixture"), mixture_fit_on=("samples", "means"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"TrainConfig: num_threads must be None or an int >= 1, got {self.num_threads!r}")
+        self.loss_weights()  # validates beta, alpha, eta, lam, kl_direction
+
+    def loss_weights(self):
+        return LossWeights(beta=self.beta, alpha=self.alpha, eta=self.eta, lam=self.lam,
+                           kl_direction=self.kl_direction)
+
+    @property
+    def total_epochs(self):
+        return self.pretrain_epochs + self.epochs
+
+
+def resolve_device(device):
+    """torch.device for a config's ``device`` string; see the module docstring for "auto"."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            if ops.cuda_available():
+                return torch.device("cuda")
+            warnings.warn("dhvc_ext: torch sees a GPU but dhvc_ext was built without CUDA kernels; training on the "
+                          "CPU. Rebuild with FORCE_CUDA=1 (see the README) to use the GPU.", RuntimeWarning,
+                          stacklevel=3)
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not (torch.cuda.is_available() and ops.cuda_available()):
+        raise RuntimeError(f"dhvc_ext: device {device} requested, but "
+                           + ("torch sees no GPU" if not torch.cuda.is_available()
+                              else "dhvc_ext was built without CUDA kernels (rebuild with FORCE_CUDA=1)"))
+    return device
+
+
+def _identity(batch):
+    """collate_fn for datasets whose ``__getitems__`` already returns the batch as one tensor."""
+    return batch
+
+
+class Trainer:
+    """Builds the DHVC network for a data shape and trains it by the schedule of the module docstring.
+
+    Args:
+        config: a ``TrainConfig``.
+        n_features: D, the size of a flattened input row.
+        image_shape: (C, H, W) for arch="conv".
+        unit_interval: whether the inputs lie in [0, 1] (chooses the Bernoulli decoder when
+            likelihood="auto").
+
+    Attributes: ``model`` (``DHVCNet``), ``device``, ``epoch`` (epochs completed), ``history`` (one dict per
+    epoch: phase, epoch, each term of ``LOSS_TERMS`` averaged over the epoch, samples_per_s, seconds, and at
+    mixture refreshes the mixture's mean log-likelihood ``mixture_loglik``).
+    """
+
+    def __init__(self, config, n_features, *, image_shape=None, unit_interval=True):
+        self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        likelihood = config.likelihood
+        if likelihood == "auto":
+            likelihood = "bernoulli" if unit_interval else "gaussian"
+        self.model = DHVCNet(n_features, config.n_clusters, config.latent_dim, hidden=config.hidden,
+                             arch=config.arch, image_shape=image_shape, likelihood=likelihood,
+                             kappa_min=config.kappa_min, head=config.head).to(self.device)
+        self.weights = config.loss_weights()
+        self.pretrain_weights = dataclasses.replace(self.weights, beta=config.pretrain_beta)
+        self.epoch = 0
+        self.history = []
+        self.mixture_initialized = False
+        self.optimizer = self._make_optimizer("pretrain")
+        self.scheduler = None
+
+    # ------------------------------------------------------------------------------------------------------
+    # optimisation
+
+    def _make_optimizer(self, phase):
+        cfg, model = self.config, self.model
+        mixture_params = list(model.mixture.parameters())
+        network = [p for n, p in model.named_parameters() if not n.startswith("mixture.")]
+        if phase == "pretrain":
+            return torch.optim.Adam(network, lr=cfg.pretrain_lr)
+        groups = [dict(params=network, lr=cfg.lr)]
+        by_gradient = cfg.mixture_update == "gradient"
+        for p in mixture_params:
+            p.requires_grad_(by_gradient)
+        if by_gradient:
+            groups.append(dict(params=mixture_params, lr=cfg.lr * cfg.mixture_lr_scale))
+        return torch.optim.Adam(groups)
+
+    def _loader(self, dataset, shuffle):
+        gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.epoch)
+        n = len(dataset)
+        return torch.utils.data.DataLoader(
+            dataset.torch_dataset(), batch_size=min(self.config.batch_size, n), shuffle=shuffle, generator=gen,
+            drop_last=shuffle and n > self.config.batch_size, collate_fn=_identity,
+            pin_memory=self.device.type == "cuda")
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=self.config.bf16 and self.device.type == "cuda")
+
+    def _run_epoch(self, dataset, phase, progress):
+        model, cfg = self.model, self.config
+        model.train()
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        n_seen, start = 0, time.perf_counter()
+        batches = self._loader(dataset, shuffle=True)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, desc=f"{phase} {self.epoch + 1}/{cfg.total_epochs}", leave=False)
+        for x in batches:
+            x = x.to(self.device, non_blocking=True)
+            with self._autocast():
+                terms = dhvc_loss(model, x, self.pretrain_weights if phase == "pretrain" else self.weights,
+                                  phase=phase)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss)} at epoch {self.epoch + 1}; "
+                                         f"terms: { {k: float(v) for k, v in terms.items()} }")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            b = x.shape[0]
+            for k in LOSS_TERMS:
+                sums[k] += float(terms[k].detach()) * b
+            n_seen += b
+            if progress:
+                batches.set_postfix(loss=f"{float(loss):.3f}")
+        seconds = time.perf_counter() - start
+        record = dict(phase=phase, epoch=self.epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()},
+                      samples_per_s=n_seen / seconds, seconds=seconds)
+        return record
+
+    # ------------------------------------------------------------------------------------------------------
+    # mixture
+
+    @torch.no_grad()
+    def encode(self, dataset, sample=False):
+        """Mean directions mu_x (N, d) of every row on the trainer's device, or with ``sample=True`` one draw
+        z ~ q(z|x) per row (what the mixture models: p(c|z) is evaluated at samples during training)."""
+        self.model.eval()
+        out = []
+        for x in self._loader(dataset, shuffle=False):
+            with self._autocast():
+                mu, kappa = self.model.encode(x.to(self.device, non_blocking=True))
+            mu = F.normalize(mu.float(), dim=-1)
+            out.append(ops.vmf_sample(mu, kappa.float()) if sample else mu)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def init_mixture(self, dataset):
+        """Fit the vMF mixture to the encoded data (several restarts) and warm-start the head on p(c|mu_x)."""
+        cfg, mixture = self.config, self.model.mixture
+        mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples')
+        vmfmm = VonMisesFisherMixture(cfg.n_clusters, n_init=cfg.mixture_n_init, max_iter=200, tol=1e-6,
+                                      random_state=cfg.seed, device=self.device, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=Warning)  # ConvergenceWarning after max_iter is fine here
+            vmfmm.fit(mu.double())
+        fitted = vmfmm.mixture_
+        mixture.mu_raw.copy_(fitted.mu.to(mixture.mu_raw.dtype))
+        mixture.kappa_raw.copy_(_inverse_softplus((fitted.kappa - mixture.kappa_min).to(mixture.mu_raw.dtype)))
+        mixture.logits.copy_(fitted.log_pi.to(mixture.mu_raw.dtype))
+        loglik = vmfmm.lower_bound_
+        self.mixture_initialized = True
+        if self.model.head is not None and cfg.head_warmstart_steps > 0:
+            self._warm_start_head(self.encode(dataset) if cfg.mixture_fit_on == "samples" else mu)
+        return loglik
+
+    def _warm_start_head(self, mu):
+        """Fit the head's q(c|x) to p(c|mu_x) by cross-entropy (full batch, Adam)."""
+        target = self.model.mixture.log_posterior(mu).exp().detach()
+        opt = torch.optim.Adam(self.model.head.parameters(), lr=1e-2)
+        for _ in range(self.config.head_warmstart_steps):
+            with torch.enable_grad():
+                loss = -(target * F.log_softmax(self.model.head(mu), dim=-1)).sum(-1).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+
+    @torch.no_grad()
+    def refresh_mixture(self, dataset):
+        """``em_iters`` EM steps of the model's mixture on the encoded data; returns the last mean loglik."""
+        mu = self.encode(dataset, sample=self.config.mixture_fit_on == "samples").to(self.model.mixture.mu_raw.dtype)
+        loglik = math.nan
+        for _ in range(self.config.em_iters):
+            loglik = self.model.mixture.em_step(mu)
+        return loglik
+
+    # ------------------------------------------------------------------------------------------------------
+    # the schedule
+
+    def fit(self, dataset, *, callback=None, progress=False):
+        """Train on ``dataset`` (a ``dhvc_ext.data.Dataset``) from ``self.epoch`` to the end of the schedule.
+
+        ``callback(trainer, record)`` is called after every epoch (the CLI logs and checkpoints there); it may
+        return True to stop early. ``progress`` shows tqdm bars. Returns ``self.history``.
+        """
+        cfg = self.config
+        if cfg.n_clusters > len(dataset):
+            raise ValueError(f"DHVC: n_clusters = {cfg.n_clusters} is larger than the number of samples "
+                             f"{len(dataset)}")
+        epochs = range(self.epoch, cfg.total_epochs)
+        if progress:
+            from tqdm.auto import tqdm
+            epochs = tqdm(epochs, desc="DHVC", initial=self.epoch, total=cfg.total_epochs)
+        for _ in epochs:
+            phase = "pretrain" if self.epoch < cfg.pretrain_epochs else "joint"
+            extra = {}
+            if phase == "joint" and self.epoch == cfg.pretrain_epochs:
+                extra["mixture_loglik"] = self.init_mixture(dataset)
+                self.optimizer = self._make_optimizer("joint")
+                self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_decay)
+            elif (phase == "joint" and cfg.mixture_update == "em"
+                  and (self.epoch - cfg.pretrain_epochs) % cfg.em_every == 0):
+                extra["mixture_loglik"] = self.refresh_mixture(dataset)
+            record = self._run_epoch(dataset, phase, progress)
+            record.update(extra)
+            if self.scheduler is not None:
+                self.scheduler.step()
+            self.epoch += 1
+            self.history.append(record)
+            if progress:
+                epochs.set_postfix(phase=phase, loss=f"{record['loss']:.3f}",
+                                   samples_per_s=f"{record['samples_per_s']:.0f}")
+            if callback is not None and callback(self, record):
+                break
+        if self.epoch == cfg.total_epochs and not self.mixture_initialized:
+            # epochs = 0: an autoencoder followed by a vMF mixture (the baseline of the results table)
+            loglik = self.init_mixture(dataset)
+            if self.history:
+                self.history[-1]["mixture_loglik"] = loglik
+        return self.history
+
+    # ------------------------------------------------------------------------------------------------------
+    # prediction
+
+    @torch.no_grad()
+    def predict_proba(self, dataset, which=None):
+        """(N, K) cluster probabilities: q(c|x) ("head") or p(c|mu_x) ("mixture"); default ``predict_with``."""
+        which = which or self.config.predict_with
+        if which not in ("head", "mixture"):
+            raise ValueError(f"predict_proba: which must be 'head' or 'mixture', got {which!r}")
+        mu = self.encode(dataset)
+        if which == "mixture" or self.model.head is None:
+            log_p = self.model.mixture.log_posterior(mu.to(self.model.mixture.mu_raw.dtype))
+        else:
+            log_p = self.model.cluster_log_probs(mu)
+        return log_p.exp().float().cpu().numpy()
+
+    def predict(self, dataset, which=None):
+        """(N,) int64 cluster labels, the argmax of ``predict_proba``."""
+        return self.predict_proba(dataset, which).argmax(axis=1).astype(np.int64)
