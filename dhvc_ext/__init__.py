@@ -1,8 +1,9 @@
 """dhvc-ext: clustering on the hypersphere for PyTorch.
 
 Layers, each importing only those below it: ``ops`` (the compiled kernels) -> ``distributions`` ->
-``mixture`` -> ``models`` -> ``train`` -> ``cli``. ``reference`` (slow, obviously-correct versions) is for
-tests and benchmarks only. ``dhvc_ext.mixture`` (which needs scikit-learn) is imported on demand.
+``mixture`` -> ``models`` -> ``train`` -> ``cli`` and the ``DHVC`` estimator; ``data`` and ``metrics`` are
+leaves. ``reference`` (slow, obviously-correct versions) is for tests and benchmarks only. The modules from
+``mixture`` up (scikit-learn, the networks) are imported on first use: ``dhvc_ext.DHVC`` loads them.
 """
 from dhvc_ext import distributions, ops
 from dhvc_ext.ops import bessel_iv_ratio, cuda_available, log_bessel_iv, vmf_log_normalizer, vmf_sample
@@ -10,6 +11,7 @@ from dhvc_ext.ops import bessel_iv_ratio, cuda_available, log_bessel_iv, vmf_log
 __version__ = "0.1.0"
 
 __all__ = [
+    "DHVC",
     "__version__",
     "bessel_iv_ratio",
     "cuda_available",
@@ -19,3 +21,11 @@ __all__ = [
     "vmf_log_normalizer",
     "vmf_sample",
 ]
+
+
+def __getattr__(name):
+    if name == "DHVC":
+        from dhvc_ext.estimator import DHVC
+
+        return DHVC
+    raise AttributeError(f"module 'dhvc_ext' has no attribute {name!r}")

@@ -19,6 +19,7 @@ with H(C|Z) = -(1/B) sum_i sum_c q_ic log q_ic and H(C) = -sum_c qbar_c log qbar
 ``kl_direction="reverse"`` uses KL(p(c|z) || q(c|x)) instead. The expectation over q(z|x) is one sample.
 """
 import dataclasses
+import math
 import numbers
 
 import torch
@@ -162,7 +163,7 @@ def dhvc_loss(model, x, weights, *, phase="joint"):
         else:
             kl_post = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
         h_c_given_z = _entropy(log_q).mean()
-        h_c = _entropy(torch.logsumexp(log_q, dim=0) - torch.log(torch.tensor(float(x.shape[0]))))
+        h_c = _entropy(torch.logsumexp(log_q, dim=0) - math.log(x.shape[0]))  # log qbar
         loss = loss + weights.alpha * kl_post - weights.eta * (weights.lam * h_c - h_c_given_z)
         terms.update(kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z)
     elif phase != "pretrain":

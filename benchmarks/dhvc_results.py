@@ -1,0 +1,183 @@
+"""DHVC results table: DHVC and the autoencoder baselines on a data set, over several seeds.
+
+    python benchmarks/dhvc_results.py --data digits --seeds 0 1 2 --batch-size 64
+    python benchmarks/dhvc_results.py --data fashion-mnist --seeds 0 1 2
+
+For each seed one run of ``dhvc_ext.train.Trainer`` gives three rows from the same encoder: after the
+pretraining phase, "AE + k-means" (scikit-learn KMeans, n_init=10, on the mean directions mu_x) and "AE + vMF
+mixture" (``VonMisesFisherMixture``, ``mixture_n_init`` restarts), then, after joint training, "DHVC" with
+both prediction rules (argmax q(c|x), the head, and argmax p(c|mu_x), the mixture). No label is used before
+the scores are computed. The table (mean and standard deviation of ACC, NMI, ARI in % and of wall time over
+the seeds), the hardware, the throughput and the share of a training step spent in dhvc_ext ops
+(torch.profiler) go to benchmarks/results/dhvc_<data>_<date>.md, and every per-seed figure to a .json beside it.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import pathlib
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+
+import dhvc_ext
+from dhvc_ext.data import load_dataset
+from dhvc_ext.metrics import clustering_scores
+from dhvc_ext.mixture import VonMisesFisherMixture
+from dhvc_ext.models import dhvc_loss
+from dhvc_ext.train import TrainConfig, Trainer
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+METHODS = ("AE + k-means", "AE + vMF mixture", "DHVC (head q(c|x))", "DHVC (mixture p(c|mu_x))")
+
+
+def hardware(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def run_seed(dataset, config):
+    """One run: pretraining, the two baselines on its encoder, joint training. Returns a dict of rows."""
+    start = time.perf_counter()
+    trainer = Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
+                      unit_interval=dataset.unit_interval)
+    def log(t, record):
+        print(f"  epoch {record['epoch']} {record['phase']}: loss {record['loss']:.3f}, "
+              f"{record['samples_per_s']:.0f} samples/s", file=sys.stderr, flush=True)
+        return t.epoch == config.pretrain_epochs
+
+    trainer.fit(dataset, callback=log)
+    pretrain_s = time.perf_counter() - start
+    mu = trainer.encode(dataset).double().cpu().numpy()
+    rows = {}
+    t0 = time.perf_counter()
+    labels = KMeans(config.n_clusters, n_init=10, random_state=config.seed).fit_predict(mu)
+    rows[METHODS[0]] = dict(clustering_scores(dataset.y, labels), seconds=pretrain_s + time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vmfmm = VonMisesFisherMixture(config.n_clusters, n_init=config.mixture_n_init, max_iter=200,
+                                      random_state=config.seed).fit(mu)
+    rows[METHODS[1]] = dict(clustering_scores(dataset.y, vmfmm.predict(mu)),
+                            seconds=pretrain_s + time.perf_counter() - t0)
+    trainer.fit(dataset, callback=log)
+    seconds = time.perf_counter() - start
+    for method, which in zip(METHODS[2:], ("head", "mixture")):
+        rows[method] = dict(clustering_scores(dataset.y, trainer.predict(dataset, which)), seconds=seconds)
+    joint = [r["samples_per_s"] for r in trainer.history if r["phase"] == "joint"]
+    pre = [r["samples_per_s"] for r in trainer.history if r["phase"] == "pretrain"]
+    throughput = dict(joint=float(np.median(joint)) if joint else None,
+                      pretrain=float(np.median(pre)) if pre else None)
+    return dict(rows=rows, throughput=throughput, history=trainer.history), trainer
+
+
+def op_share(trainer, dataset, steps=20):
+    """Share of the self time of ``steps`` joint training steps spent in dhvc_ext ops (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, weights = trainer.model, trainer.weights
+    loader = iter(trainer._loader(dataset, shuffle=True))
+    batches = [next(loader).to(trainer.device) for _ in range(min(steps, len(loader)))]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for x in batches:
+            loss = dhvc_loss(model, x, weights, phase="joint")["loss"]
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
+    attr = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, attr) for e in events)
+    ours = {e.key: getattr(e, attr) for e in events if e.key.startswith("dhvc_ext::")}
+    return dict(share=sum(ours.values()) / total, per_op={k: v / total for k, v in sorted(ours.items())})
+
+
+def fmt(values, scale=100.0, digits=1):
+    values = np.asarray(values, dtype=float) * scale
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="digits", help="digits, fashion-mnist or a file path")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="results .md (default: benchmarks/results/)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in ("seed", "device", "num_threads") or field.type not in (int, float, str, "int", "float", "str"):
+            continue
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset(args.data)
+    if dataset.y is None:
+        parser.error(f"{args.data} has no labels: the table needs them")
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    for name in ("seed", "device", "num_threads"):
+        overrides.pop(name, None)
+    overrides["n_clusters"] = overrides.get("n_clusters") or int(np.unique(dataset.y).size)
+    per_seed, trainer = [], None
+    for seed in args.seeds:
+        config = TrainConfig(**overrides, seed=seed, device=args.device)
+        result, trainer = run_seed(dataset, config)
+        per_seed.append(dict(seed=seed, **result))
+        print(f"seed {seed}: " + "; ".join(f"{m}: acc {r['acc']:.3f} nmi {r['nmi']:.3f} ari {r['ari']:.3f} "
+                                           f"{r['seconds']:.0f} s" for m, r in result["rows"].items()), flush=True)
+    share = op_share(trainer, dataset)
+    config = dataclasses.asdict(TrainConfig(**overrides, seed=args.seeds[0], device=args.device))
+    date = datetime.date.today().isoformat()
+    out = args.out or RESULTS / f"dhvc_{pathlib.Path(args.data).stem}_{date}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# DHVC on {args.data} ({len(dataset)} samples, {dataset.n_features} features, "
+        f"{config['n_clusters']} clusters), {date}",
+        "",
+        f"Command: `python benchmarks/dhvc_results.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Hardware: {hardware(trainer.device)}; dhvc_ext {dhvc_ext.__version__}.",
+        f"Seeds: {args.seeds}. Mean ± standard deviation over the seeds; ACC, NMI, ARI in %. Wall time: the whole "
+        "run up to that row (pretraining included).",
+        "",
+        "| method | ACC | NMI | ARI | wall time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        rows = [s["rows"][method] for s in per_seed]
+        lines.append(f"| {method} | {fmt([r['acc'] for r in rows])} | {fmt([r['nmi'] for r in rows])} | "
+                     f"{fmt([r['ari'] for r in rows])} | {fmt([r['seconds'] for r in rows], 1.0, 0)} |")
+    joint = [s["throughput"]["joint"] for s in per_seed if s["throughput"]["joint"]]
+    pre = [s["throughput"]["pretrain"] for s in per_seed if s["throughput"]["pretrain"]]
+    lines += [
+        "",
+        f"Throughput (training samples/s, median epoch, mean over seeds): pretraining "
+        f"{np.mean(pre):.0f}, joint training {np.mean(joint):.0f}." if pre and joint else "",
+        f"Share of a joint training step (forward + backward + Adam) in dhvc_ext ops (torch.profiler, self time): "
+        f"{100 * share['share']:.1f}% ("
+        + ", ".join(f"{k.split('::')[1]} {100 * v:.1f}%" for k, v in share["per_op"].items()) + ").",
+        "",
+        "Configuration: `" + json.dumps({k: v for k, v in config.items() if k != "seed"}) + "`",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps(dict(config=config, per_seed=per_seed, op_share=share),
+                                                   indent=1, default=str))
+    print("\n".join(lines))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""DHVC training end to end on a digits subset, reproducibility, input checks, and the estimator API.
+
+Small networks and few epochs keep this file to seconds; the figures of the README come from
+benchmarks/dhvc_results.py, not from here.
+"""
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from dhvc_ext import DHVC
+from dhvc_ext.data import load_dataset
+from dhvc_ext.metrics import clustering_scores
+from dhvc_ext.train import TrainConfig, Trainer
+
+SMALL = dict(hidden=(128, 128), latent_dim=8, pretrain_epochs=20, epochs=8, batch_size=64, mixture_n_init=3,
+             num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits").subset(600, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    trainer = Trainer(TrainConfig(n_clusters=10, **SMALL), digits.n_features, unit_interval=digits.unit_interval)
+    trainer.fit(digits)
+    return trainer
+
+
+def test_end_to_end_loss_decreases_and_clusters_beat_chance(trained, digits):
+    pre = [r for r in trained.history if r["phase"] == "pretrain"]
+    joint = [r for r in trained.history if r["phase"] == "joint"]
+    assert len(pre) == 20 and len(joint) == 8 and trained.epoch == 28
+    assert pre[-1]["recon"] < 0.8 * pre[0]["recon"]
+    assert joint[-1]["loss"] < joint[0]["loss"]
+    assert all(np.isfinite(r["loss"]) and r["samples_per_s"] > 0 for r in trained.history)
+    for which in ("head", "mixture"):
+        proba = trained.predict_proba(digits, which)
+        assert proba.shape == (600, 10) and np.allclose(proba.sum(1), 1, atol=1e-5)
+        labels = trained.predict(digits, which)
+        assert labels.shape == (600,) and labels.dtype == np.int64
+        scores = clustering_scores(digits.y, labels)
+        # chance on 10 balanced classes: ACC about 0.1-0.2, NMI and ARI about 0
+        assert scores["acc"] > 0.6 and scores["nmi"] > 0.5 and scores["ari"] > 0.4, (which, scores)
+
+
+def test_same_seed_same_parameters_on_cpu(digits):
+    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+                         mixture_n_init=2, num_threads=1, seed=3)
+    runs = []
+    for _ in range(2):
+        trainer = Trainer(config, digits.n_features)
+        trainer.fit(digits)
+        runs.append(trainer.model.state_dict())
+    for name, value in runs[0].items():
+        assert torch.equal(value, runs[1][name]), name
+    other = Trainer(TrainConfig(**{**config.__dict__, "seed": 4}), digits.n_features)
+    assert not torch.equal(other.model.to_mu.weight, Trainer(config, digits.n_features).model.to_mu.weight)
+
+
+def test_gradient_mixture_update_trains_the_mixture(digits):
+    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
+                         mixture_update="gradient", mixture_n_init=2, num_threads=1)
+    trainer = Trainer(config, digits.n_features)
+    trainer.fit(digits, callback=lambda t, r: t.epoch == config.pretrain_epochs + 1)
+    before = {n: p.detach().clone() for n, p in trainer.model.mixture.named_parameters()}
+    trainer.fit(digits)
+    for name, p in trainer.model.mixture.named_parameters():
+        assert p.requires_grad and torch.isfinite(p).all()
+        assert not torch.equal(p, before[name]), name
+    em = Trainer(TrainConfig(**{**config.__dict__, "mixture_update": "em"}), digits.n_features)
+    em.fit(digits)
+    assert not any(p.requires_grad for p in em.model.mixture.parameters())
+
+
+def test_epochs_zero_is_autoencoder_plus_mixture(digits):
+    config = TrainConfig(n_clusters=10, **{**SMALL, "epochs": 0})
+    trainer = Trainer(config, digits.n_features)
+    trainer.fit(digits)
+    assert trainer.mixture_initialized and "mixture_loglik" in trainer.history[-1]
+    scores = clustering_scores(digits.y, trainer.predict(digits, "mixture"))
+    assert scores["acc"] > 0.5, scores
+
+
+@pytest.mark.parametrize("kwargs", [dict(n_clusters=1), dict(batch_size=0), dict(lr=-1.0), dict(epochs=1.5),
+                                    dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0)])
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError):
+        TrainConfig(**kwargs)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the error path is for machines without it")
+    with pytest.raises(RuntimeError, match="torch sees no GPU"):
+        Trainer(TrainConfig(device="cuda"), 8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the estimator
+
+FAST = dict(hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=1, batch_size=64, mixture_n_init=1,
+            head_warmstart_steps=10, num_threads=1)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full((20, 4), np.nan), "NaN"),
+    (np.where(np.eye(20, 4) > 0, np.inf, 0.5), "inf"),
+    (np.zeros(20), "2-D|dimension|shape"),
+    (np.zeros((5, 4, 2, 1, 1)), "2-D|dimension|shape"),
+    (np.zeros((0, 4)), "empty|n >= 1|at least"),
+])
+def test_estimator_rejects_bad_input_before_training(bad, match):
+    est = DHVC(n_clusters=3, **FAST)
+    with pytest.raises(ValueError, match=match):
+        est.fit(bad)
+    assert not hasattr(est, "trainer_")
+
+
+def test_estimator_rejects_more_clusters_than_samples():
+    est = DHVC(n_clusters=12, **FAST)
+    with pytest.raises(ValueError, match="n_clusters = 12 is larger than n_samples = 10"):
+        est.fit(np.random.default_rng(0).random((10, 4)))
+    assert not hasattr(est, "trainer_")
+
+
+def test_estimator_api(digits):
+    X = digits.features()[:200]
+    est = DHVC(n_clusters=4, random_state=1, **FAST)
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    assert est.fit(X) is est
+    assert est.labels_.shape == (200,) and set(est.labels_) <= set(range(4))
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(torch.as_tensor(X))
+    assert proba.shape == (200, 4) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    np.testing.assert_array_equal(proba.argmax(1), est.labels_)
+    Z = est.transform(X)
+    assert Z.shape == (200, 4) and np.allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="features"):
+        est.predict(X[:, :10])
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "labels_")
+    copy.set_params(lam=2.0, epochs=0)
+    assert copy.get_params()["lam"] == 2.0
+    np.testing.assert_array_equal(DHVC(n_clusters=4, random_state=1, **FAST).fit_predict(X), est.labels_)
