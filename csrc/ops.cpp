@@ -31,6 +31,11 @@ TORCH_LIBRARY(dhvc_ext, m) {
   // one floating dtype. Returns (log_resp (N, K), loglik (N,)): the row log-softmax of the scores
   // s = bias + z weighted_mu^T and its normaliser (dhvc_ext/ops/vmfmm.py builds the arguments).
   m.def("_vmfmm_scores_log_softmax(Tensor z, Tensor weighted_mu, Tensor bias) -> (Tensor, Tensor)");
+  // The vMF-mixture EM statistics in one pass over z, same z, weighted_mu, bias as above; hard: one-hot argmax
+  // responsibilities (ties to the lowest index) instead of r = softmax(s). Returns (N_k (K,), S_k (K, d)) in z's
+  // dtype and the total log-likelihood sum_n logsumexp_k s_nk (0-dim float64): N_k = sum_n r_nk,
+  // S_k = sum_n r_nk z_n, accumulated in float64. No gradient.
+  m.def("_vmfmm_em_statistics(Tensor z, Tensor weighted_mu, Tensor bias, bool hard) -> (Tensor, Tensor, Tensor)");
   // loc (..., d) unit vectors, concentration (...) of loc's dtype, seed: 2 int64 (Philox key, counter offset).
   // Returns (samples (..., d) of loc's dtype, one_minus_w (...) float64 = 1 - loc^T sample), deterministic
   // in seed. The second output is what the backward needs, exact where 1 - loc^T sample would cancel.

@@ -1,5 +1,6 @@
 """The vMF-mixture kernels: E-step log-responsibilities against a float64 reference with mpmath normalisers,
-their gradients, the EM statistics (soft, hard, chunked), and the kappa MLE against mpmath roots."""
+their gradients, the fused EM statistics (soft and hard) against the float64 torch composite, and the kappa MLE
+against mpmath roots."""
 import math
 
 import mpmath as mp
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import dhvc_ext.ops.vmfmm as vmfmm_module
 from dhvc_ext.ops import vmf_kappa_mle, vmf_log_normalizer, vmfmm_em_statistics, vmfmm_log_responsibilities
 
 F64 = torch.float64
@@ -83,22 +83,169 @@ def test_estep_op_opcheck_and_edges(device):
     assert torch.isfinite(lse).all() and lr[0, 0].item() == 0.0 and lr[1, 1].item() == -math.inf
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_em_statistics(hard, device, monkeypatch):
-    z, mu, kappa, log_pi = mixture(1000, 6, 4, seed=3, device=device, kappas=(2.0, 5.0))
-    lr, ll = vmfmm_log_responsibilities(z, mu, kappa, log_pi)
-    resp = torch.nn.functional.one_hot(lr.argmax(1), 4).to(F64) if hard else lr.exp()
-    counts, sums, total = vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard)
-    torch.testing.assert_close(counts, resp.sum(0), rtol=1e-13, atol=1e-12)
-    torch.testing.assert_close(sums, resp.t() @ z, rtol=1e-13, atol=1e-12)
-    torch.testing.assert_close(total, ll.sum(), rtol=1e-13, atol=0)
-    assert counts.sum().item() == pytest.approx(1000, rel=1e-13)
-    # Chunking does not change the result.
-    monkeypatch.setattr(vmfmm_module, "EM_CHUNK_ROWS", 77)
-    counts2, sums2, total2 = vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard)
-    torch.testing.assert_close(counts2, counts, rtol=1e-13, atol=1e-12)
-    torch.testing.assert_close(sums2, sums, rtol=1e-13, atol=1e-12)
-    torch.testing.assert_close(total2, total, rtol=1e-13, atol=0)
+def em_reference(z, mu, kappa, log_pi, hard):
+    """The EM statistics by the plain float64 torch composite (the slow, obvious way): all N x K scores,
+    logsumexp, exp (or the one-hot argmax), r^T z."""
+    z, mu, kappa, log_pi = (t.double() for t in (z, mu, kappa, log_pi))
+    s = log_pi + vmf_log_normalizer(z.shape[1], kappa) + kappa * (z @ mu.t())
+    lse = torch.logsumexp(s, 1)
+    resp = torch.nn.functional.one_hot(s.argmax(1), s.shape[1]).double() if hard else (s - lse[:, None]).exp()
+    return resp.sum(0), resp.t() @ z, lse.sum()
+
+
+def em_plain(z, mu, kappa, log_pi, hard):
+    """The same composite in the inputs' dtype (float32): the error the "2x the plain PyTorch error" rule allows."""
+    s = log_pi + vmf_log_normalizer(z.shape[1], kappa) + kappa * (z @ mu.t())
+    lse = torch.logsumexp(s, 1)
+    resp = torch.nn.functional.one_hot(s.argmax(1), s.shape[1]).to(z.dtype) if hard else (s - lse[:, None]).exp()
+    return resp.sum(0), resp.t() @ z, lse.double().sum()
+
+
+def assert_em_close(got, ref, n, dtype, plain=None):
+    """N_k and S_k to within tol * N, the total log-likelihood to within tol relative (float64: 1e-12); in
+    float32 at most twice the plain float32 composite's error, with a floor of a few ulps."""
+    counts, sums, total = got
+    assert total.dtype == F64 and total.dim() == 0
+    assert counts.dtype == dtype and sums.dtype == dtype
+    scales = (max(n, 1), max(n, 1), max(abs(ref[2].item()), 1.0))
+    for i, (ours, r, scale) in enumerate(zip(got, ref, scales)):
+        err = (ours.double().cpu() - r.cpu()).abs().max().item() / scale if r.numel() else 0.0
+        if dtype == F64:
+            assert err <= 1e-12, (i, err)
+        else:
+            plain_err = (plain[i].double().cpu() - r.cpu()).abs().max().item() / scale if r.numel() else 0.0
+            assert err <= 2 * plain_err + 16 * torch.finfo(dtype).eps, (i, err, plain_err)
+
+
+# N = 10007: three slots of 3336 rows (blocks of 2048 + 1288) on the CPU, not a multiple of anything.
+@pytest.mark.parametrize("n, d, k", [(10007, 6, 4), (1000, 64, 37), (1, 5, 3), (777, 3, 1), (0, 4, 2)])
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_em_statistics_against_float64_composite(n, d, k, hard, device, dtype):
+    z, mu, kappa, log_pi = mixture(n, d, k, seed=n + d, device=device, kappas=(2.0, 15.0, 60.0))
+    args = [t.to(dtype) for t in (z, mu, kappa, log_pi)]
+    got = vmfmm_em_statistics(*args, hard=hard)
+    ref = em_reference(*args, hard)
+    assert_em_close(got, ref, n, dtype, plain=em_plain(*args, hard) if dtype != F64 else None)
+    if n:
+        # Every point's responsibilities sum to 1.
+        assert got[0].double().sum().item() == pytest.approx(n, rel=1e-12 if dtype == F64 else 1e-5)
+
+
+def test_em_statistics_large_kappa_and_dimension(device, dtype):
+    # kappa up to 1e6 at d = 4096, points near the means: log C_d(kappa) ~ -1e6 cancels against kappa mu^T z.
+    d, k, n = 4096, 3, 300
+    g = torch.Generator().manual_seed(7)
+    mu = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=F64), dim=1)
+    labels = torch.arange(n) % k
+    z = torch.nn.functional.normalize(mu[labels] + 3e-3 * torch.randn(n, d, generator=g, dtype=F64), dim=1)
+    kappa = torch.tensor([1e6, 3e5, 1e4], dtype=F64)
+    log_pi = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=F64))
+    args = [t.to(device=device, dtype=dtype) for t in (z, mu, kappa, log_pi)]
+    for hard in (False, True):
+        counts, sums, total = vmfmm_em_statistics(*args, hard=hard)
+        assert torch.isfinite(counts).all() and torch.isfinite(sums).all() and math.isfinite(total.item())
+        # The points belong to their own component beyond doubt.
+        torch.testing.assert_close(counts.double().cpu(), torch.bincount(labels, minlength=k).double(), rtol=0,
+                                   atol=1e-6)
+        if dtype == F64:
+            assert_em_close((counts, sums, total), em_reference(*args, hard), n, dtype)
+
+
+def test_em_statistics_non_contiguous_z(device, dtype):
+    z, mu, kappa, log_pi = (t.to(dtype) for t in mixture(5003, 8, 5, seed=11, device=device))
+    wide = torch.cat([z, z.flip(1)], dim=1)  # (N, 16): z is every other column of a (N, 16) view...
+    every_other = torch.stack([z, -z], dim=2).reshape(5003, 16)[:, ::2]  # ...column stride 2
+    assert not every_other.is_contiguous() and torch.equal(every_other, z)
+    row_strided = wide[:, :8]  # row stride 16, unit column stride: used as it is
+    assert not row_strided.is_contiguous() and torch.equal(row_strided, z)
+    rows_skipped = torch.stack([z, z], dim=1).reshape(10006, 8)[::2]
+    expected = vmfmm_em_statistics(z, mu, kappa, log_pi)
+    for view in (every_other, row_strided, rows_skipped):
+        for ours, ref in zip(vmfmm_em_statistics(view, mu, kappa, log_pi), expected):
+            assert torch.equal(ours, ref)
+
+
+def test_em_statistics_thread_count_independent():
+    # Enough rows for 64 slots: the result is the same bit for bit whatever the number of threads.
+    z, mu, kappa, log_pi = mixture(64 * 4096 + 123, 8, 5, seed=2)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(vmfmm_em_statistics(z, mu, kappa, log_pi))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+    assert_em_close(results[0], em_reference(z, mu, kappa, log_pi, False), z.shape[0], F64)
+
+
+def test_em_statistics_ties_and_impossible_components(device):
+    # Two identical components: soft splits evenly, hard goes to the lower index (as torch.argmax); a component
+    # of weight 0 (log_pi = -inf) gets nothing and changes nothing.
+    z, mu, kappa, log_pi = mixture(3001, 4, 3, seed=4, device=device)
+    mu = torch.cat([mu[:1], mu[:1], mu[1:2]])
+    kappa = torch.cat([kappa[:1], kappa[:1], kappa[1:2]])
+    log_pi = torch.tensor([math.log(0.5), math.log(0.5), -math.inf], dtype=F64, device=device)
+    counts, sums, total = vmfmm_em_statistics(z, mu, kappa, log_pi)
+    assert counts[0].item() == pytest.approx(counts[1].item(), rel=1e-14) and counts[2].item() == 0.0
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-14, atol=1e-14)
+    assert torch.equal(sums[2], torch.zeros_like(sums[2]))
+    counts_h, sums_h, total_h = vmfmm_em_statistics(z, mu, kappa, log_pi, hard=True)
+    assert counts_h.tolist() == [3001.0, 0.0, 0.0]
+    torch.testing.assert_close(sums_h[0], z.sum(0), rtol=1e-13, atol=1e-12)
+    assert total_h.item() == total.item()
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+def test_em_statistics_op_non_finite_rows(hard, device):
+    # The op on its own: a NaN row among 5000 (its block falls back to the row-by-row routine) and an
+    # all -inf row give what the composite gives: NaN or -inf spread through N_k, S_k and the total.
+    g = torch.Generator().manual_seed(9)
+    z = torch.nn.functional.normalize(torch.randn(5000, 3, generator=g, dtype=F64), dim=1).to(device)
+    w = (10 * torch.randn(4, 3, generator=g, dtype=F64)).to(device)
+    bias = torch.randn(4, generator=g, dtype=F64).to(device)
+
+    def composite(z, w, bias):
+        s = bias + z @ w.t()
+        lse = torch.logsumexp(s, 1)
+        if hard:
+            # S_k sums the rows assigned to k (r^T z would spread a NaN row to every k through 0 * NaN).
+            at = s.argmax(1)
+            return torch.bincount(at, minlength=4).to(F64), torch.zeros_like(w).index_add_(0, at, z), lse.sum()
+        r = (s - lse[:, None]).exp()
+        return r.sum(0), r.t() @ z, lse.sum()
+
+    op = torch.ops.dhvc_ext._vmfmm_em_statistics
+    clean = op(z, w, bias, hard)
+    z_nan = z.clone()
+    z_nan[2500, 1] = math.nan
+    for ours, ref in zip(op(z_nan, w, bias, hard), composite(z_nan, w, bias)):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+    # Only the component row(s) the NaN row reaches are NaN; hard sends it to its first NaN score.
+    assert torch.isnan(clean[2]).sum() == 0 and math.isnan(op(z_nan, w, bias, hard)[2].item())
+    impossible = torch.full_like(bias, -math.inf)
+    counts, sums, total = op(z, w, impossible, hard)
+    assert total.item() == -math.inf
+    if hard:
+        assert counts.tolist() == [5000.0, 0.0, 0.0, 0.0]
+    else:
+        assert torch.isnan(counts).all()
+
+
+def test_em_statistics_opcheck(device, dtype):
+    g = torch.Generator().manual_seed(5)
+    z = torch.nn.functional.normalize(torch.randn(300, 3, generator=g, dtype=F64), dim=1).to(device, dtype)
+    w = torch.randn(5, 3, generator=g, dtype=F64).to(device, dtype)
+    bias = torch.randn(5, generator=g, dtype=F64).to(device, dtype)
+    for hard in (False, True):
+        torch.library.opcheck(torch.ops.dhvc_ext._vmfmm_em_statistics.default, (z, w, bias, hard))
+    with pytest.raises(RuntimeError, match="_vmfmm_em_statistics: expected one dtype"):
+        torch.ops.dhvc_ext._vmfmm_em_statistics(z, w.to(F64 if dtype != F64 else torch.float32), bias, False)
+    with pytest.raises(RuntimeError, match="_vmfmm_em_statistics: shapes do not match"):
+        torch.ops.dhvc_ext._vmfmm_em_statistics(z, w[:, :2], bias, False)
 
 
 def test_argument_errors():

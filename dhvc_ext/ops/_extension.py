@@ -22,6 +22,7 @@ OPS = (
     "vmf_log_normalizer",
     "vmf_kappa_mle",
     "_vmfmm_scores_log_softmax",
+    "_vmfmm_em_statistics",
     "vmf_sample",
     "_vmf_sample_backward",
 )

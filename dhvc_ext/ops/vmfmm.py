@@ -8,9 +8,12 @@ Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) lo
   N x K dot products by one matrix product, and the log-softmax of every row in one pass over the product's
   own output (``dhvc_ext::_vmfmm_scores_log_softmax``). Differentiable in z, mu, kappa and log_pi (second order too).
 - ``vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False) -> (N_k (K,), S_k (K, d), total loglik)``: the
-  E-step and the M-step sums, N_k = sum_n r_nk and S_k = sum_n r_nk z_n (r one-hot at the argmax when hard),
-  over chunks of rows so that memory does not grow with N beyond the input. No gradient. The total
-  log-likelihood is accumulated in float64.
+  E-step and the M-step sums, N_k = sum_n r_nk and S_k = sum_n r_nk z_n (r one-hot at the argmax when hard,
+  ties to the lowest index), in one pass over z by one fused op (``dhvc_ext::_vmfmm_em_statistics``): the
+  responsibilities of a block of rows never leave the cache, and memory does not grow with N beyond the
+  input. No gradient. The sums and the total log-likelihood sum_n logsumexp_k s_nk are accumulated in
+  float64; N_k and S_k are returned in the compute dtype, the total as a 0-dim float64 tensor. On the CPU
+  the result does not depend on the number of threads.
 - ``vmf_kappa_mle(d, rbar)``: kappa = A_d^{-1}(rbar), Banerjee's start and Halley steps on the exact ratio,
   about 1e-15 relative; rbar = 0 -> 0, rbar >= 1 -> inf. Differentiable: dkappa/drbar = 1 / A_d'(kappa).
 float16/bfloat16 inputs are computed in float32; float32 and float64 natively.
@@ -25,10 +28,6 @@ from dhvc_ext.ops.bessel import vmf_log_normalizer
 __all__ = ["vmf_kappa_mle", "vmfmm_em_statistics", "vmfmm_log_responsibilities"]
 
 _ops = torch.ops.dhvc_ext
-
-#: Rows per chunk in vmfmm_em_statistics: bounds the (chunk, K) responsibilities held at once.
-EM_CHUNK_ROWS = 65536
-
 
 def _compute_dtype(*tensors):
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -55,37 +54,32 @@ def _check_mixture_args(op, z, mu, kappa, log_pi):
     check_device(op, z.device)
 
 
-def vmfmm_log_responsibilities(z, mu, kappa, log_pi):
-    """Log-responsibilities (N, K) and per-point log-likelihoods (N,) of a vMF mixture; see the module doc."""
-    _check_mixture_args("vmfmm_log_responsibilities", z, mu, kappa, log_pi)
+def _score_args(z, mu, kappa, log_pi):
+    """The fused ops' arguments: z, weighted_mu = kappa mu (K, d) and bias = log pi + log C_d(kappa) (K,), all
+    in the compute dtype."""
     dtype = _compute_dtype(z, mu, kappa, log_pi)
     d = z.shape[1]
     # The K normalisers in float64: log C_d(kappa) is large (|log C| ~ d log d) and must not be rounded to
     # float32 before the difference that the softmax takes.
     bias = (log_pi.double() + vmf_log_normalizer(d, kappa.double())).to(dtype)
     weighted = mu.to(dtype) * kappa.to(dtype).unsqueeze(1)
-    return _ops._vmfmm_scores_log_softmax(z.to(dtype).contiguous(), weighted.contiguous(), bias)
+    return z.to(dtype), weighted.contiguous(), bias
+
+
+def vmfmm_log_responsibilities(z, mu, kappa, log_pi):
+    """Log-responsibilities (N, K) and per-point log-likelihoods (N,) of a vMF mixture; see the module doc."""
+    _check_mixture_args("vmfmm_log_responsibilities", z, mu, kappa, log_pi)
+    z, weighted, bias = _score_args(z, mu, kappa, log_pi)
+    return _ops._vmfmm_scores_log_softmax(z.contiguous(), weighted, bias)
 
 
 @torch.no_grad()
 def vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False):
-    """(N_k (K,), S_k (K, d), total log-likelihood (0-dim float64)) in chunks of EM_CHUNK_ROWS rows."""
+    """(N_k (K,), S_k (K, d), total log-likelihood (0-dim float64)) of the E-step for z (N, d) in one pass; see
+    the module doc. ``hard``: one-hot argmax responsibilities (classification EM)."""
     _check_mixture_args("vmfmm_em_statistics", z, mu, kappa, log_pi)
-    dtype = _compute_dtype(z, mu, kappa, log_pi)
-    k, d = mu.shape
-    counts = torch.zeros(k, dtype=dtype, device=z.device)
-    sums = torch.zeros(k, d, dtype=dtype, device=z.device)
-    total = torch.zeros((), dtype=torch.float64, device=z.device)
-    for chunk in z.split(EM_CHUNK_ROWS):
-        log_resp, loglik = vmfmm_log_responsibilities(chunk, mu, kappa, log_pi)
-        if hard:
-            resp = torch.zeros_like(log_resp).scatter_(1, log_resp.argmax(1, keepdim=True), 1.0)
-        else:
-            resp = log_resp.exp()
-        counts += resp.sum(0)
-        sums.addmm_(resp.t(), chunk.to(dtype))
-        total += loglik.double().sum()
-    return counts, sums, total
+    # z as it is when already in the compute dtype: the kernels take any row stride.
+    return _ops._vmfmm_em_statistics(*_score_args(z, mu, kappa, log_pi), bool(hard))
 
 
 def vmf_kappa_mle(d, rbar):
@@ -114,6 +108,14 @@ def _(z, weighted_mu, bias):
     torch._check(z.dim() == 2 and weighted_mu.dim() == 2 and z.shape[1] == weighted_mu.shape[1],
                  lambda: "_vmfmm_scores_log_softmax: z (N, d) and weighted_mu (K, d) must share d")
     return z.new_empty((z.shape[0], weighted_mu.shape[0])), z.new_empty((z.shape[0],))
+
+
+@torch.library.register_fake("dhvc_ext::_vmfmm_em_statistics")
+def _(z, weighted_mu, bias, hard):
+    torch._check(z.dim() == 2 and weighted_mu.dim() == 2 and z.shape[1] == weighted_mu.shape[1],
+                 lambda: "_vmfmm_em_statistics: z (N, d) and weighted_mu (K, d) must share d")
+    k, d = weighted_mu.shape
+    return z.new_empty((k,)), z.new_empty((k, d)), z.new_empty((), dtype=torch.float64)
 
 
 @torch.library.register_fake("dhvc_ext::vmf_kappa_mle")
