@@ -162,6 +162,7 @@ class Trainer:
         likelihood = config.likelihood
         if likelihood == "auto":
             likelihood = "bernoulli" if unit_interval else "gaussian"
+        self.n_features, self.image_shape, self.likelihood = int(n_features), image_shape, likelihood
         self.model = DHVCNet(n_features, config.n_clusters, config.latent_dim, hidden=config.hidden,
                              arch=config.arch, image_shape=image_shape, likelihood=likelihood,
                              kappa_min=config.kappa_min, head=config.head).to(self.device)
@@ -334,6 +335,54 @@ class Trainer:
             if self.history:
                 self.history[-1]["mixture_loglik"] = loglik
         return self.history
+
+    # ------------------------------------------------------------------------------------------------------
+    # checkpoints
+
+    def state_dict(self):
+        """Everything needed to continue this run exactly: configuration, data shape, network and mixture,
+        optimiser and schedule, epoch, history, and torch's random state. Only tensors, numbers, strings,
+        lists, tuples and dicts, so that ``torch.load(..., weights_only=True)`` reads it back."""
+        state = dict(
+            config=dataclasses.asdict(self.config), n_features=self.n_features,
+            image_shape=None if self.image_shape is None else tuple(int(s) for s in self.image_shape),
+            likelihood=self.likelihood, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=None if self.scheduler is None else self.scheduler.state_dict(), epoch=self.epoch,
+            history=[dict(r) for r in self.history], mixture_initialized=self.mixture_initialized,
+            rng=torch.get_rng_state(),
+        )
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state, device=None):
+        """A Trainer that continues the run saved by ``state_dict`` (optionally on another ``device``)."""
+        config = dict(state["config"])
+        if device is not None:
+            config["device"] = device
+        config = TrainConfig(**config)
+        trainer = cls(dataclasses.replace(config, likelihood=state["likelihood"]), state["n_features"],
+                      image_shape=state["image_shape"])
+        trainer.config = config
+        trainer.load_state_dict(state)
+        return trainer
+
+    def load_state_dict(self, state):
+        """Restore a ``state_dict`` into this trainer (same configuration and data shape)."""
+        self.model.load_state_dict(state["model"])
+        self.epoch, self.history = int(state["epoch"]), [dict(r) for r in state["history"]]
+        self.mixture_initialized = bool(state["mixture_initialized"])
+        joint = self.mixture_initialized and self.epoch >= self.config.pretrain_epochs
+        self.optimizer = self._make_optimizer("joint" if joint else "pretrain")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler = None
+        if state["scheduler"] is not None:
+            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.config.lr_step, self.config.lr_decay)
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
     # ------------------------------------------------------------------------------------------------------
     # prediction

@@ -147,3 +147,21 @@ def test_estimator_api(digits):
     copy.set_params(lam=2.0, epochs=0)
     assert copy.get_params()["lam"] == 2.0
     np.testing.assert_array_equal(DHVC(n_clusters=4, random_state=1, **FAST).fit_predict(X), est.labels_)
+
+
+def test_resume_from_a_saved_state_equals_an_uninterrupted_run(digits, tmp_path):
+    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
+                         mixture_n_init=2, num_threads=1, seed=5)
+    full = Trainer(config, digits.n_features)
+    full.fit(digits)
+    for stop in (1, 2, 3):  # inside pretraining, at the phase boundary, inside joint training
+        part = Trainer(config, digits.n_features)
+        part.fit(digits, callback=lambda t, r: t.epoch == stop)
+        torch.save(part.state_dict(), tmp_path / "run.pt")
+        torch.manual_seed(999)  # whatever happens to the global generator in between must not matter
+        resumed = Trainer.from_state_dict(torch.load(tmp_path / "run.pt", weights_only=True))
+        resumed.fit(digits)
+        assert resumed.epoch == full.epoch
+        for name, value in full.model.state_dict().items():
+            assert torch.equal(value, resumed.model.state_dict()[name]), (stop, name)
+        assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
