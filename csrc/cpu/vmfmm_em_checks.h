@@ -15,8 +15,8 @@ inline void check_vmfmm_em_inputs(const at::Tensor& z, const at::Tensor& weighte
   TORCH_CHECK(z.size(1) == weighted_mu.size(1) && bias.size(0) == weighted_mu.size(0),
               "_vmfmm_em_statistics: shapes do not match: z ", z.sizes(), ", weighted_mu ", weighted_mu.sizes(),
               ", bias ", bias.sizes());
-  TORCH_CHECK(weighted_mu.size(0) >= 1, "_vmfmm_em_statistics: expected K >= 1 components, got weighted_mu ",
-              weighted_mu.sizes());
+  TORCH_CHECK(weighted_mu.size(0) >= 1 && weighted_mu.size(0) < (int64_t(1) << 31),
+              "_vmfmm_em_statistics: expected 1 <= K < 2^31 components, got weighted_mu ", weighted_mu.sizes());
   TORCH_CHECK(z.scalar_type() == weighted_mu.scalar_type() && z.scalar_type() == bias.scalar_type() &&
                   (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
               "_vmfmm_em_statistics: expected one dtype, float32 or float64, got ", z.scalar_type(), ", ",

@@ -66,6 +66,10 @@ int64_t slot_count(int64_t n, int64_t k, int64_t d) {
   return std::min({kMaxSlots, by_rows, by_memory});
 }
 
+// Argmax indices as wide as T, so that the compare-and-select over rows vectorises (K < 2^31 is checked).
+template <typename T>
+using Index = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
+
 // One block of nb rows. s: (K, nb) row-major, the products kappa_k mu_k^T z_n on entry; the scores, then
 // (soft) the responsibilities on exit. Scratch of nb entries: m, t, inv, arg.
 template <typename T>
@@ -76,7 +80,7 @@ struct Block {
   T* m;
   double* t;
   double* inv;
-  int64_t* arg;
+  Index<T>* arg;
 };
 
 // The scores, their maxima and argmaxima, column by column (each loop runs over the rows of the block, and
@@ -102,14 +106,10 @@ DHVC_ROW_INLINE bool block_scores(const Block<T>& b) {
       const T v = sj[i] + bj;
       sj[i] = v;
       nan |= v != v;
-      if (Hard) {
-        if (v > b.m[i]) {
-          b.m[i] = v;
-          b.arg[i] = j;
-        }
-      } else {
-        b.m[i] = v > b.m[i] ? v : b.m[i];
-      }
+      // Selects, not branches: a branch on v > m mispredicts on every other row of unclustered data.
+      const bool greater = v > b.m[i];
+      if (Hard) b.arg[i] = greater ? static_cast<Index<T>>(j) : b.arg[i];
+      b.m[i] = greater ? v : b.m[i];
     }
   }
   int bad = nan;
@@ -175,7 +175,7 @@ DHVC_ROW_INLINE double block_responsibilities(const Block<T>& b, double* counts)
 
 // Hard: N_k += 1 and S_k += z_n at the argmax k of each row.
 template <typename T>
-DHVC_ROW_INLINE void block_axpy_hard(const int64_t* arg, int64_t nb, const T* z, int64_t zs, int64_t d,
+DHVC_ROW_INLINE void block_axpy_hard(const Index<T>* arg, int64_t nb, const T* z, int64_t zs, int64_t d,
                                      double* counts, double* sums) {
   for (int64_t i = 0; i < nb; ++i) {
     const T* zn = z + i * zs;
@@ -195,7 +195,9 @@ DHVC_ROW_INLINE double block_pass(const Block<T>& b, const T* z, int64_t zs, int
     loglik = block_responsibilities<T, Hard>(b, counts);
   } else {
     for (int64_t i = 0; i < b.nb; ++i) {
-      loglik += dhvc::kernels::vmfmm_row(b.s + i, b.k, b.nb, !Hard, &b.arg[i]);
+      int64_t at = 0;
+      loglik += dhvc::kernels::vmfmm_row(b.s + i, b.k, b.nb, !Hard, &at);
+      b.arg[i] = static_cast<Index<T>>(at);
     }
     if (!Hard) {
       for (int64_t j = 0; j < b.k; ++j) {
@@ -235,7 +237,7 @@ struct Scratch {
   at::Tensor scores, part;
   std::vector<T> m;
   std::vector<double> t, inv;
-  std::vector<int64_t> arg;
+  std::vector<Index<T>> arg;
 };
 
 // Accumulates rows [begin, end) into acc = [N_k (K) | S_k (K d, row-major) | loglik] (double).
