@@ -4,6 +4,10 @@
   subtract) on the same inputs, float32, 1 and 2 threads, at (N, d, K) in {(1e6, 10, 10), (2e5, 64, 100),
   (1e5, 512, 10)}; extra_info n_elements = N (rows per second). A CUDA group runs where a GPU and our CUDA
   kernels are.
+- EM statistics (N_k, S_k, total log-likelihood; what one EM iteration needs), float32, 1 thread, at (N, d, K)
+  in {(1e6, 10, 10), (2e5, 64, 100)}: the fused ``vmfmm_em_statistics`` op against the plain torch composite
+  (matmul, logsumexp, exp, r^T z) and against what the op replaced ("previous": our fused E-step op, then
+  exp and r^T z in torch); n_elements = N.
 - EM fit: 20 iterations of our estimator against the NumPy reference EM, with scikit-learn's KMeans as a
   point of reference; n_elements = N x iterations.
 """
@@ -62,6 +66,42 @@ def test_estep_cuda(benchmark, cuda_ops, n, d, k, impl):
     benchmark.group = f"vmfmm E-step N={n} d={d} K={k} cuda"
     benchmark.extra_info.update(n_elements=n, bytes_read=z.numel() * 4, bytes_written=n * (k + 1) * 4)
     benchmark.pedantic(timed, rounds=20, iterations=1, warmup_rounds=2)
+
+
+EM_STAT_SHAPES = [(1_000_000, 10, 10), (200_000, 64, 100)]
+
+
+def _em_statistics_composite(ops, z, mu, kappa, log_pi):
+    """The plain torch composite: every N x K score, logsumexp, exp, r^T z."""
+    scores = log_pi + ops.vmf_log_normalizer(z.shape[1], kappa) + kappa * (z @ mu.t())
+    loglik = torch.logsumexp(scores, 1)
+    resp = (scores - loglik[:, None]).exp()
+    return resp.sum(0), resp.t() @ z, loglik.double().sum()
+
+
+def _em_statistics_previous(ops, z, mu, kappa, log_pi):
+    """What vmfmm_em_statistics did before the fused op (one chunk: N <= 1e6 fits in memory here)."""
+    log_resp, loglik = ops.vmfmm_log_responsibilities(z, mu, kappa, log_pi)
+    resp = log_resp.exp()
+    return resp.sum(0), resp.t() @ z, loglik.double().sum()
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch", "previous"])
+@pytest.mark.parametrize("n, d, k", EM_STAT_SHAPES, ids=[f"N={n}-d={d}-K={k}" for n, d, k in EM_STAT_SHAPES])
+def test_em_statistics(benchmark, ops, n, d, k, impl):
+    z, mu, kappa, log_pi = _inputs(n, d, k, "cpu")
+    fn = {"ours": ops.vmfmm_em_statistics, "torch": lambda *a: _em_statistics_composite(ops, *a),
+          "previous": lambda *a: _em_statistics_previous(ops, *a)}[impl]
+    benchmark.group = f"vmfmm EM statistics N={n} d={d} K={k} cpu"
+    benchmark.extra_info.update(n_elements=n, threads=1)
+    with torch_threads(1):
+        counts, sums, total = benchmark.pedantic(fn, args=(z, mu, kappa, log_pi), rounds=5, iterations=1,
+                                                 warmup_rounds=1)
+    # What was timed is right: against the float64 composite, to float32 accuracy.
+    ref = _em_statistics_composite(ops, z.double(), mu.double(), kappa.double(), log_pi.double())
+    assert (counts.double() - ref[0]).abs().max().item() <= 1e-4 * n
+    assert (sums.double() - ref[1]).abs().max().item() <= 1e-4 * n
+    assert abs(total.item() - ref[2].item()) <= 1e-5 * abs(ref[2].item())
 
 
 EM_N, EM_D, EM_K, EM_ITERS = 20_000, 10, 10, 20

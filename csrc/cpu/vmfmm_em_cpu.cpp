@@ -8,8 +8,9 @@
 //      double, (soft) r = e / t with N_k += sum_n r_nk, and the block's log-likelihood sum_n m_n + log t_n;
 //   3. soft: S_k += r_block z_block by a second small product (in float32 one block of rows is summed in
 //      float32, the blocks in double); hard: N_k += 1 and S_k += z_n at the argmax, in double.
-// Measured (1 thread, K = d = 10 and K = 100, d = 64): the second product beats K axpys per row into double
-// accumulators by 20-45%, and the whole is 2.3-3.4x the composite (matmul, logsumexp, exp, r^T z).
+// Measured (1 thread; K = d = 10 and K = 100, d = 64): the second product beats K axpys per row into double
+// accumulators by 25-75%; the whole is 3.2-4.7x the torch composite (matmul, logsumexp, exp, r^T z) and
+// 2.3-3.2x the fused E-step op followed by exp and r^T z (benchmarks/results/vmfmm_cpu_2026-11-28.md).
 // Step 2 is compiled for AVX-512, AVX2+FMA and the baseline, picked by the CPU at load time. A block with a
 // NaN score or an infinite maximum is redone row by row by vmfmm_row (torch's NaN and inf semantics).
 //
