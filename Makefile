@@ -1,6 +1,6 @@
 # dhvc-ext: the two commands of the README's quick start, and the steps they are made of.
 #
-#   make demo     set up .venv, build the extension, run the main job
+#   make demo     set up .venv, build the extension, train DHVC on digits with `dhvc train` (plots in build/demo-digits)
 #   make test     set up .venv, build, then the C++ tests (CTest) and the whole pytest suite
 #
 # TORCH=<pip spec> picks the torch to install into a new .venv (default torch==2.13.0, the CPU build);
@@ -10,13 +10,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_DEFAULT := torch==2.13.0
-DEPS := numpy scipy scikit-learn tqdm mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical
+DEPS := numpy scipy scikit-learn tqdm matplotlib mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical
+# `make demo` writes its run here (build/ is ignored by git); DEMO_ARGS adds `dhvc train` options.
+DEMO_OUT ?= build/demo-digits
+DEMO_ARGS ?=
 BUILD_LOG := build/pip-build.log
 
 .PHONY: demo test venv build cpp-test py-test bench cuda-check asan clean
 
 demo: build
-	$(PY) -m dhvc_ext.bessel_report
+	$(VENV)/bin/dhvc train --data digits --clusters 10 --out $(DEMO_OUT) --overwrite $(DEMO_ARGS)
+	@echo "plots: $(DEMO_OUT)/*.png   metrics: $(DEMO_OUT)/metrics.json   log: $(DEMO_OUT)/log.jsonl"
 
 test: build cpp-test py-test
 

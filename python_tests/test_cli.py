@@ -1,0 +1,374 @@
+"""The ``dhvc`` command end to end on a digits subset: the files a run writes and what they must agree on,
+resume after SIGTERM and SIGINT equal to an uninterrupted run, evaluate/predict against the run's own
+labels, each user error with its exit code and one line on stderr, refused malicious checkpoints, --config
+composition, the benchmark command.
+
+Runs go through ``python -m dhvc_ext`` in subprocesses (the ``dhvc`` console script calls the same
+``dhvc_ext.cli.main``); errors that stop before training are also checked in-process, which is faster.
+Networks are tiny and runs a few epochs, so the file takes seconds, not minutes.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dhvc_ext import checkpoint, cli
+from dhvc_ext.data import load_dataset
+from dhvc_ext.metrics import clustering_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+N, K, SEED = 1000, 5, 3
+# Ten epochs of about 0.1 s each: long enough to be interrupted between epochs 1 and 10.
+TINY = ["--data", "digits", "--subset", str(N), "--clusters", str(K), "--hidden", "32", "--latent-dim", "4",
+        "--pretrain-epochs", "2", "--epochs", "8", "--batch-size", "20", "--mixture-n-init", "2",
+        "--head-warmstart-steps", "20", "--threads", "1", "--seed", str(SEED)]
+PNGS = ("losses.png", "metrics.png", "latent_pca.png", "confusion.png", "cluster_sizes.png")
+
+
+def dhvc(*args, **kwargs):
+    """Run ``python -m dhvc_ext ARGS`` (PYTHONPATH and the rest of the environment are inherited)."""
+    return subprocess.run([sys.executable, "-m", "dhvc_ext", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, **kwargs)
+
+
+def spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "dhvc_ext", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def one_error_line(err, command, code_text=""):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith(f"dhvc {command}: error: "), err
+    assert code_text in lines[0], err
+    return lines[0]
+
+
+def log_entries(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def epochs_logged(run_dir):
+    """Complete lines in the log (one may be half-written while we look)."""
+    try:
+        return (run_dir / "log.jsonl").read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
+def subset_labels():
+    return load_dataset("digits").subset(N, seed=SEED).y
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One complete run with progress bars and a profile (the reference of the resume tests)."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = dhvc("train", *TINY, "--out", out, "--progress", "--profile", "--profile-steps", "2")
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_train_writes_a_consistent_run(run_dir):
+    out, result = run_dir
+    for name in ("run.json", "log.jsonl", "last.pt", "best.pt", "metrics.json", "labels.npy", *PNGS):
+        assert (out / name).stat().st_size > 0, name
+    for name in PNGS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+    metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: no NaN
+    labels = np.load(out / "labels.npy")
+    assert labels.shape == (N,) and labels.dtype == np.int64 and 0 <= labels.min() and labels.max() < K
+    y = subset_labels()
+    assert metrics["n_samples"] == N and metrics["n_clusters"] == K and metrics["epochs"] == 10
+    for name, value in clustering_scores(y, labels).items():  # the scores are those of labels.npy
+        assert metrics[name] == pytest.approx(value, abs=1e-12), name
+    assert metrics["by_rule"][metrics["predict_with"]]["acc"] == metrics["acc"]
+    assert metrics["config"]["latent_dim"] == 4 and metrics["config"]["hidden"] == [32]
+    assert metrics["config"]["num_threads"] == 1 and metrics["config"]["seed"] == SEED
+    assert metrics["versions"]["torch"] == torch.__version__ and metrics["versions"]["dhvc_ext"]
+    assert metrics["cuda_kernels_used"] is False and metrics["device"] == "cpu"
+    assert metrics["seconds"] >= metrics["train_seconds"] > 0
+
+    log = log_entries(out)
+    assert [e["epoch"] for e in log] == list(range(1, 11))
+    assert [e["phase"] for e in log] == ["pretrain"] * 2 + ["joint"] * 8
+    assert all(np.isfinite(e[t]) for e in log for t in ("loss", "recon", "kl_prior", "kl_post", "h_c"))
+    assert all(e.get("acc") is not None for e in log if e["phase"] == "joint")  # small data: every epoch
+    assert log[-1]["acc"] == pytest.approx(metrics["acc"])
+    joint = [e for e in log if e["phase"] == "joint"]
+    best = min(joint, key=lambda e: e["loss"])
+    assert metrics["best"]["epoch"] == best["epoch"] and [e["epoch"] for e in log if e["best"]][-1] == best["epoch"]
+    assert checkpoint.load(out / "best.pt")["trainer"]["epoch"] == best["epoch"]
+    assert checkpoint.load(out / "last.pt")["trainer"]["epoch"] == 10
+
+    # progress bars (tqdm on stderr): samples/s and every loss term
+    for text in ("sample/s", "recon", "kl_prior", "kl_post", "h_c_given_z", "epoch/s"):
+        assert text in result.stderr, text
+    assert "plots:" in result.stdout and str(out / "confusion.png") in result.stdout
+
+    profile = (out / "profile.txt").read_text()
+    share = float(profile.split("share of CPU self time in dhvc_ext ops: ")[1].split("%")[0])
+    assert 0 < share < 100 and "dhvc_ext::vmf_sample" in profile
+    assert json.loads((out / "profile_trace.json").read_text())["traceEvents"]
+
+
+def test_sigterm_then_sigint_then_resume_equals_the_uninterrupted_run(run_dir, tmp_path):
+    reference, _ = run_dir
+    out = tmp_path / "run"
+    # The reference was profiled and had progress bars: neither may change what is computed.
+    for signum, session in ((signal.SIGTERM, 1), (signal.SIGINT, 2)):
+        args = ("train", *TINY, "--out", out) if session == 1 else ("train", "--resume", out)
+        done = epochs_logged(out)
+        proc = spawn(*args)
+        deadline = time.monotonic() + 120
+        while epochs_logged(out) < done + 1:
+            assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signum, err
+        assert "Traceback" not in err
+        message = [line for line in err.splitlines() if "interrupted" in line]
+        assert len(message) == 1 and signal.Signals(signum).name in message[0], err
+        assert f"dhvc train --resume {out}" in message[0]
+        saved = checkpoint.load(out / "last.pt")["trainer"]["epoch"]
+        assert [e["epoch"] for e in log_entries(out)] == list(range(1, saved + 1))
+    result = dhvc("train", "--resume", out)
+    assert result.returncode == 0, result.stderr
+
+    ref_state, state = (checkpoint.load(d / "last.pt")["trainer"] for d in (reference, out))
+    assert state["epoch"] == ref_state["epoch"] == 10
+    for name, value in ref_state["model"].items():
+        assert torch.equal(value, state["model"][name]), name
+    assert [r["loss"] for r in state["history"]] == [r["loss"] for r in ref_state["history"]]
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), np.load(reference / "labels.npy"))
+    ref_metrics, metrics = (json.loads((d / "metrics.json").read_text()) for d in (reference, out))
+    for key in ("acc", "nmi", "ari", "by_rule", "best", "config"):
+        assert metrics[key] == ref_metrics[key], key
+    assert metrics["sessions"] == 3
+    ref_log, log = log_entries(reference), log_entries(out)
+    assert [(e["epoch"], e["loss"], e.get("acc")) for e in log] == [(e["epoch"], e["loss"], e.get("acc"))
+                                                                    for e in ref_log]
+    best = checkpoint.load(out / "best.pt")["trainer"]["model"]
+    for name, value in checkpoint.load(reference / "best.pt")["trainer"]["model"].items():
+        assert torch.equal(value, best[name]), name
+
+
+def test_evaluate_and_predict_agree_with_the_run(run_dir, tmp_path):
+    out, _ = run_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    # no --data: the checkpoint's own training data (the digits subset), scaled as in training
+    result = dhvc("evaluate", "--checkpoint", out / "best.pt", "--json")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads(result.stdout)
+    for name in ("acc", "nmi", "ari"):
+        assert evaluation[name] == pytest.approx(metrics["best"][name], abs=1e-12)
+    assert evaluation["n_samples"] == N and sum(evaluation["cluster_sizes"]) == N
+    assert np.isfinite(evaluation["loss"]["loss"])
+
+    # new data in a file, raw 0..16 values: --scaling train scales them as the run did, so the labels of
+    # these rows are the run's labels
+    raw = tmp_path / "rows.npy"
+    np.save(raw, load_dataset("digits", scaling=None).subset(N, seed=SEED).X)
+    result = dhvc("predict", "--checkpoint", out, "--data", raw, "--output", tmp_path / "pred.npy",
+                  "--proba", tmp_path / "proba.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), np.load(out / "labels.npy"))
+    proba = np.load(tmp_path / "proba.npy")
+    assert proba.shape == (N, K) and np.allclose(proba.sum(1), 1, atol=1e-5)
+
+
+class _Evil:
+    """Pickles as a call to os.system: what a hostile 'checkpoint' does."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def call(capsys):
+    """Run ``cli.main`` in-process; returns (exit code, stdout, stderr)."""
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_user_errors_exit_with_their_code_and_one_line(call, run_dir, tmp_path):
+    out, _ = run_dir
+    model = ["--clusters", "3", "--hidden", "8", "--latent-dim", "3", "--pretrain-epochs", "1", "--epochs", "1"]
+
+    def train_error(data, code, *extra, text=""):
+        target = tmp_path / f"out{code}"
+        rc, _, err = call("train", "--data", data, "--out", target, *model, *extra)
+        assert rc == code, err
+        one_error_line(err, "train", text)
+        return target
+
+    target = train_error(tmp_path / "missing.npy", cli.EXIT_NOT_FOUND, text="no such file")
+    assert not target.exists()  # nothing is created before the inputs are checked
+    (tmp_path / "garbage.npy").write_bytes(b"not an array at all")
+    train_error(tmp_path / "garbage.npy", cli.EXIT_FORMAT)
+    (tmp_path / "table.xlsx").write_bytes(b"PK")
+    train_error(tmp_path / "table.xlsx", cli.EXIT_FORMAT, text="supported formats")
+    np.save(tmp_path / "flat.npy", np.arange(10.0))
+    train_error(tmp_path / "flat.npy", cli.EXIT_SHAPE, text="shape (10,)")
+    X = np.random.default_rng(0).random((20, 4))
+    X[7, 2] = np.nan
+    np.save(tmp_path / "nan.npy", X)
+    train_error(tmp_path / "nan.npy", cli.EXIT_NONFINITE, text="NaN")
+    train_error("digits", cli.EXIT_TOO_FEW, "--subset", "2", text="--clusters 3")
+    (tmp_path / "file").write_text("")
+    rc, _, err = call("train", "--data", "digits", "--out", tmp_path / "file" / "sub", *model)
+    assert rc == cli.EXIT_NOT_WRITABLE
+    one_error_line(err, "train", "not writable")
+
+    # a run directory is never overwritten by accident
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    rc, _, err = call("train", "--data", "digits", "--out", out, *model)
+    assert rc == cli.EXIT_EXISTS
+    one_error_line(err, "train", "--resume")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # a bad option value, and --resume with options that would change the run
+    rc, _, err = call("train", "--data", "digits", "--out", tmp_path / "x", *model, "--lr", "-1")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "train", "lr")
+    rc, _, err = call("train", "--resume", out, "--epochs", "5")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "train", "--epochs")
+    rc, _, err = call("train", "--resume", tmp_path)
+    assert rc == cli.EXIT_NOT_FOUND
+    one_error_line(err, "train", "run.json")
+
+
+def test_checkpoint_errors(call, run_dir, tmp_path):
+    out, _ = run_dir
+    marker = tmp_path / "pwned"
+    torch.save({"trainer": _Evil(marker)}, tmp_path / "evil.pt")
+    rc, _, err = call("predict", "--checkpoint", tmp_path / "evil.pt", "--data", "digits", "--output",
+                      tmp_path / "labels.npy")
+    assert rc == cli.EXIT_UNSAFE
+    one_error_line(err, "predict", "refused")
+    assert not marker.exists() and not (tmp_path / "labels.npy").exists()
+
+    data = (out / "last.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    rc, _, err = call("evaluate", "--checkpoint", tmp_path / "truncated.pt")
+    assert rc == cli.EXIT_FORMAT
+    one_error_line(err, "evaluate", "truncated.pt")
+    rc, _, err = call("evaluate", "--checkpoint", tmp_path / "none.pt")
+    assert rc == cli.EXIT_NOT_FOUND
+    one_error_line(err, "evaluate", "none.pt")
+
+    # data with another number of features than the model takes
+    np.save(tmp_path / "wide.npy", np.random.default_rng(0).random((30, 20)))
+    rc, _, err = call("predict", "--checkpoint", out / "last.pt", "--data", tmp_path / "wide.npy", "--output",
+                      tmp_path / "labels.npy")
+    assert rc == cli.EXIT_MISMATCH
+    one_error_line(err, "predict", "20")
+    # a checkpoint whose configuration describes another model shape than its weights
+    ckpt = checkpoint.load(out / "last.pt")
+    ckpt["trainer"]["config"]["latent_dim"] = 6
+    checkpoint.save(tmp_path / "reshaped.pt", ckpt)
+    rc, _, err = call("evaluate", "--checkpoint", tmp_path / "reshaped.pt")
+    assert rc == cli.EXIT_MISMATCH
+    one_error_line(err, "evaluate", "size mismatch")
+    # ... and as the last.pt of a run (another run's checkpoint dropped into its directory)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    shutil.copy(tmp_path / "reshaped.pt", copy / "last.pt")
+    rc, _, err = call("train", "--resume", copy)
+    assert rc == cli.EXIT_MISMATCH
+    one_error_line(err, "train", "latent_dim")
+
+
+def test_errors_through_the_entry_point(tmp_path):
+    result = dhvc("train", "--data", tmp_path / "missing.csv", "--clusters", "3", "--out", tmp_path / "o")
+    assert result.returncode == cli.EXIT_NOT_FOUND
+    one_error_line(result.stderr, "train", "missing.csv")
+    result = dhvc("train", "--clusters", "x")
+    assert result.returncode == cli.EXIT_USAGE and "Traceback" not in result.stderr
+
+
+def test_config_files_compose_with_flags(tmp_path):
+    parser, actions = cli._build_parser()
+
+    def options(name, text, *flags):
+        path = tmp_path / name
+        path.write_text(text)
+        args = parser.parse_args(["train", "--config", str(path), *flags])
+        cli._apply_config(args, actions["train"], actions)
+        return args
+
+    toml = 'data = "digits"\nclusters = 7\nlatent-dim = 5\nhidden = [64, 32]\nlr = 1\nplots = false\n'
+    args = options("c.toml", toml, "--latent-dim", "9")
+    assert (args.data, args.clusters, args.latent_dim, args.hidden, args.lr, args.plots) == \
+        ("digits", 7, 9, [64, 32], 1.0, False)
+    # per-command tables: keys outside them are shared, each command takes its own (output is predict's)
+    args = options("c.toml", "n_clusters = 4\noutput = 'x.npy'\n[predict]\nwhich = 'head'\n[train]\nseed = 2\n")
+    assert (args.clusters, args.seed) == (4, 2)
+    args = options("c.json", '{"n_clusters": 4, "num_threads": 2}')
+    assert (args.clusters, args.threads) == (4, 2)
+    pytest.importorskip("yaml")
+    args = options("c.yaml", "train:\n  clusters: 6\n  lr: 1e-3\npredict:\n  output: x.npy\n", "--clusters", "8")
+    assert (args.clusters, args.lr) == (8, 1e-3)
+    for text, code in (("clusterz = 3\n", cli.EXIT_USAGE), ("clusters = 'three'\n", cli.EXIT_USAGE),
+                       ("clusters = 2.5\n", cli.EXIT_USAGE), ("arch = 'transformer'\n", cli.EXIT_USAGE),
+                       ("clusters = [\n", cli.EXIT_FORMAT)):
+        with pytest.raises(cli.CLIError) as info:
+            options("bad.toml", text)
+        assert info.value.code == code, text
+
+
+def test_every_option_has_help_and_the_console_script_is_declared():
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    parser, actions = cli._build_parser()
+    for command, by_dest in actions.items():
+        for dest, action in by_dest.items():
+            assert action.help and len(action.help) > 10, (command, dest)
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["dhvc"] == "dhvc_ext.cli:main"
+    assert len(set(cli.EXIT_CODES.values())) == len(cli.EXIT_CODES)  # distinct exit codes
+
+
+def test_atomic_writes_leave_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "last.pt"
+    checkpoint.save(target, {"epoch": 1})
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        checkpoint.atomic_write(target, fail)
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    checkpoint.write_json(tmp_path / "m.json", {"x": float("nan"), "y": (1, 2)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": None, "y": [1, 2]}
+
+
+def test_bench_runs_the_kernel_benchmarks_and_says_when_they_are_absent(call, tmp_path):
+    rc, _, err = call("bench", "--benchmarks-dir", tmp_path)
+    assert rc == cli.EXIT_NOT_FOUND
+    one_error_line(err, "bench", "summarize.py")
+    result = dhvc("bench", "--only", "bessel", "-k", "vmf_log_normalizer and float32 and (ours-t1 or scipy)")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| vmf_log_normalizer float32")]
+    assert [r.split("|")[2].strip() for r in rows] == ["ours (1 thread)", "scipy (1 thread)"]
