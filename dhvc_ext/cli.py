@@ -786,9 +786,9 @@ def _new_run(args):
     if config.n_clusters > len(dataset):
         raise CLIError(EXIT_TOO_FEW, f"--clusters {config.n_clusters} is more than the {len(dataset)} samples of "
                        f"{dataset.name}; expected K <= n")
-    out = _prepare_out_dir(args.out, args.overwrite)
     trainer = _make_trainer(lambda: Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
                                             unit_interval=dataset.unit_interval))
+    out = _prepare_out_dir(args.out, args.overwrite)
     every = args.metrics_every
     if every is None:
         every = 1 if len(dataset) <= METRICS_EVERY_EPOCH_UP_TO else 5
@@ -935,7 +935,8 @@ def _profile(trainer, dataset, out, steps):
     while len(batches) < steps + 1:
         batches.extend(x.to(trainer.device) for x in loader)
     batches = batches[:steps + 1]
-    phases = (("pretrain", trainer.pretrain_weights), ("joint", trainer.weights))
+    weights = trainer.config.loss_weights()  # the configured weights (a schedule of them costs the same)
+    phases = (("pretrain", weights), ("joint", weights))
     cuda = trainer.device.type == "cuda"
 
     def step(x, phase, weights):
@@ -1180,15 +1181,15 @@ def _evaluation_trainer(args):
 
 
 def _mean_loss(trainer, dataset):
-    """The unsupervised objective on ``dataset`` (each term's mean; one posterior sample per row, seed 0):
-    a label-free way to compare checkpoints on held-out data."""
+    """The unsupervised objective on ``dataset`` with the configured loss weights (each term's mean; one
+    posterior sample per row, seed 0): a label-free way to compare checkpoints on held-out data."""
     import torch
 
     from dhvc_ext.models import LOSS_TERMS, dhvc_loss
 
     model, cfg = trainer.model, trainer.config
     phase = "joint" if trainer.mixture_initialized else "pretrain"
-    weights = trainer.weights if phase == "joint" else trainer.pretrain_weights
+    weights = cfg.loss_weights()
     sums, n = dict.fromkeys(LOSS_TERMS, 0.0), 0
     loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=min(cfg.batch_size, len(dataset)),
                                          shuffle=False, collate_fn=lambda batch: batch)

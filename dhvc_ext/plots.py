@@ -155,7 +155,7 @@ def confusion(y_true, y_pred, path):
     acc = counts[rows, cols].sum() / counts.sum()
     order = list(cols) + [c for c in range(len(clusters)) if c not in set(cols)]
     counts = counts[:, order]
-    fig = _figure(1.2 + 0.5 * len(clusters), 1.0 + 0.45 * len(classes))
+    fig = _figure(max(5.0, 1.8 + 0.5 * len(clusters)), max(3.5, 1.2 + 0.45 * len(classes)))
     ax = fig.subplots()
     image = ax.imshow(counts, cmap="Blues", aspect="auto")
     fig.colorbar(image, ax=ax, label="samples")
@@ -167,9 +167,9 @@ def confusion(y_true, y_pred, path):
                         color="white" if value > threshold else "black")
     ax.set_xticks(range(len(order)), [str(clusters[c]) for c in order], fontsize=8)
     ax.set_yticks(range(len(classes)), [str(c) for c in classes], fontsize=8)
-    ax.set_xlabel("cluster (matched to the class of its row where on the diagonal)")
+    ax.set_xlabel("cluster (in the order of the classes matched to them)")
     ax.set_ylabel("class")
-    ax.set_title(f"confusion matrix (matched accuracy {acc:.3f})")
+    ax.set_title(f"confusion matrix (matched ACC {acc:.3f})")
     return _save(fig, path)
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,15 +34,22 @@ TINY = ["--data", "digits", "--subset", str(N), "--clusters", str(K), "--hidden"
 PNGS = ("losses.png", "metrics.png", "latent_pca.png", "confusion.png", "cluster_sizes.png")
 
 
-def dhvc(*args, **kwargs):
-    """Run ``python -m dhvc_ext ARGS`` (PYTHONPATH and the rest of the environment are inherited)."""
+# The subprocesses run the dhvc_ext this process imported (its directory first on PYTHONPATH, the inherited
+# PYTHONPATH after it), from a neutral directory: `python -m` puts the working directory first on sys.path.
+CWD = tempfile.gettempdir()
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [str(Path(cli.__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+
+
+def dhvc(*args):
+    """Run ``python -m dhvc_ext ARGS``; returns the CompletedProcess (text stdout and stderr)."""
     return subprocess.run([sys.executable, "-m", "dhvc_ext", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, **kwargs)
+                          timeout=300, cwd=CWD, env=ENV)
 
 
 def spawn(*args):
     return subprocess.Popen([sys.executable, "-m", "dhvc_ext", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, cwd=CWD, env=ENV)
 
 
 def one_error_line(err, command, code_text=""):
@@ -258,6 +266,33 @@ def test_user_errors_exit_with_their_code_and_one_line(call, run_dir, tmp_path):
     one_error_line(err, "train", "run.json")
 
 
+def test_divergence_stops_with_its_code_and_keeps_the_last_finite_epoch(call, monkeypatch, tmp_path):
+    import dhvc_ext.train as train_module
+
+    original = train_module.dhvc_loss
+
+    def nan_when_joint(model, x, weights, *, phase="joint"):
+        terms = original(model, x, weights, phase=phase)
+        if phase == "joint":
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "dhvc_loss", nan_when_joint)
+    out = tmp_path / "run"
+    rc, _, err = call("train", "--data", "digits", "--subset", "200", "--clusters", "3", "--hidden", "8",
+                      "--latent-dim", "3", "--pretrain-epochs", "2", "--epochs", "2", "--threads", "1",
+                      "--mixture-n-init", "1", "--out", out, "--quiet")
+    assert rc == cli.EXIT_DIVERGED
+    one_error_line(err, "train", "after epoch 2")
+    assert checkpoint.load(out / "last.pt")["trainer"]["epoch"] == 2 and epochs_logged(out) == 2
+    if not torch.cuda.is_available():
+        rc, _, err = call("train", "--data", "digits", "--clusters", "3", "--out", tmp_path / "gpu", "--device",
+                          "cuda")
+        assert rc == cli.EXIT_USAGE
+        one_error_line(err, "train", "cuda")
+        assert not (tmp_path / "gpu").exists()
+
+
 def test_checkpoint_errors(call, run_dir, tmp_path):
     out, _ = run_dir
     marker = tmp_path / "pwned"
@@ -368,7 +403,8 @@ def test_bench_runs_the_kernel_benchmarks_and_says_when_they_are_absent(call, tm
     rc, _, err = call("bench", "--benchmarks-dir", tmp_path)
     assert rc == cli.EXIT_NOT_FOUND
     one_error_line(err, "bench", "summarize.py")
-    result = dhvc("bench", "--only", "bessel", "-k", "vmf_log_normalizer and float32 and (ours-t1 or scipy)")
+    result = dhvc("bench", "--only", "bessel", "-k", "vmf_log_normalizer and float32 and (ours-t1 or scipy)",
+                  "--benchmarks-dir", ROOT / "benchmarks")
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| vmf_log_normalizer float32")]
     assert [r.split("|")[2].strip() for r in rows] == ["ours (1 thread)", "scipy (1 thread)"]
