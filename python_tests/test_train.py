@@ -86,7 +86,8 @@ def test_epochs_zero_is_autoencoder_plus_mixture(digits):
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_clusters=1), dict(batch_size=0), dict(lr=-1.0), dict(epochs=1.5),
-                                    dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0)])
+                                    dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0),
+                                    dict(grad_clip=-1.0), dict(mixture_fit_on="both")])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
