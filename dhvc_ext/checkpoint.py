@@ -150,7 +150,7 @@ def load(path):
     except pickle.UnpicklingError as err:
         reason = str(err)
         if "weights only" in reason.lower():
-            detail = next((line.strip() for line in reason.splitlines() if "Unsupported" in line), "")
+            detail = next((line.strip() for line in reason.splitlines() if "unsupported" in line.lower()), "")
             raise UnsafeCheckpointError(
                 f"refused to load {str(path)!r}: it pickles Python objects other than tensors and plain data"
                 + (f" ({detail})" if detail else "")

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -426,7 +427,7 @@ def _apply_config(args, actions, all_actions):
 
 def _classify_data_error(err, who):
     """CLIError for an exception raised by ``dhvc_ext.data.load_dataset``."""
-    text = str(err)
+    text = re.sub(r"^load_dataset\(.*?\): ", "", str(err)).replace("pass data_dir=", "pass --data-dir")
     if isinstance(err, FileNotFoundError):  # includes DatasetNotFoundError
         return CLIError(EXIT_NOT_FOUND, f"{who}: {text}")
     if isinstance(err, ValueError) and "NaN or inf" in text:
@@ -435,6 +436,8 @@ def _classify_data_error(err, who):
         return CLIError(EXIT_SHAPE, f"{who}: {text}")
     if isinstance(err, OSError) and not text:
         text = type(err).__name__
+    if "pickled" in text:  # NumPy's advice to load with allow_pickle is not one to give: no code is loaded
+        text = "not a NumPy array file, or one holding pickled Python objects (never loaded)"
     return CLIError(EXIT_FORMAT, f"{who}: cannot read the data: {text}")
 
 
@@ -1244,7 +1247,7 @@ def cmd_evaluate(args, actions):
             print("  " + "  ".join(f"{s} {result[s]:.4f}" for s in SCORES))
         else:
             print("  no labels in these data: no scores (the loss below needs none)")
-        print("  loss " + _format_terms(result["loss"], tuple(result["loss"])))
+        print("  objective on these data: " + _format_terms(result["loss"], tuple(result["loss"])))
         print(f"  cluster sizes: {' '.join(map(str, sizes))}")
         if args.out is not None:
             print(f"  wrote {Path(args.out) / 'evaluation.json'} and plots in {args.out}")
