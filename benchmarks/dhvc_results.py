@@ -114,6 +114,7 @@ def fmt(values, scale=100.0, digits=1):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="digits", help="digits, fashion-mnist or a file path")
+    parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST idx files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="auto")
@@ -124,7 +125,7 @@ def main(argv=None):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, data_dir=args.data_dir)
     if dataset.y is None:
         parser.error(f"{args.data} has no labels: the table needs them")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}

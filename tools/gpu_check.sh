@@ -75,4 +75,15 @@ tail -n 5 "$OUT/bench.log"
   echo "wall: $(( $(date +%s) - start )) s"
   for line in ${left_out[@]+"${left_out[@]}"}; do echo "LEFT OUT: $line"; done
 } | tee "$OUT/summary.txt"
+
+# DHVC on Fashion-MNIST on the GPU (issue 5's results table): seeds from DHVC_SEEDS (default one seed, so
+# that the whole script fits one device call), within DHVC_TIMEOUT seconds.
+if [ -d build/gpu-data/fashion-mnist ]; then
+  timeout "${DHVC_TIMEOUT:-300}" "$PY" benchmarks/dhvc_results.py --data fashion-mnist \
+    --data-dir build/gpu-data/fashion-mnist --device cuda --seeds ${DHVC_SEEDS:-0} \
+    --out "$OUT/dhvc_fashion-mnist_gpu.md" > "$OUT/dhvc.log" 2>&1
+  echo "dhvc results: rc $? (log: dhvc.log)" | tee -a "$OUT/summary.txt"
+else
+  echo "LEFT OUT: DHVC Fashion-MNIST results (carry build/gpu-data, made by tools/gpu_wheels.sh)" | tee -a "$OUT/summary.txt"
+fi
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
