@@ -176,10 +176,10 @@ def _train_fields():
     return fields
 
 
-# Options that may accompany --resume: they change how the run executes, not what it computes (except
-# --threads and --device, which change the floating-point summation order: allowed, but the result may then
-# differ in the last bits from an uninterrupted run).
-_RESUME_OVERRIDES = ("resume", "device", "threads", "progress", "quiet")
+# Options that may accompany --resume: they change how the run executes or reports, not what it computes
+# (except --threads and --device, which change the floating-point summation order: allowed, but the result
+# may then differ in the last bits from an uninterrupted run).
+_RESUME_OVERRIDES = ("resume", "device", "threads", "progress", "quiet", "plots", "metrics_every")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -251,7 +251,8 @@ def _build_parser():
     g = train.add_argument_group("run directory")
     add(train, g, "--out", metavar="DIR", help="directory for checkpoints, logs, metrics and plots (created)")
     add(train, g, "--resume", metavar="DIR", help="continue the run in DIR exactly where its last.pt stopped, "
-        "with its saved data and configuration (only --device, --threads, --progress and --quiet may be added)")
+        "with its saved data and configuration (only --device, --threads, --progress, --quiet, --plots and "
+        "--metrics-every may be added)")
     add(train, g, "--overwrite", action="store_true", help="start a new run in an --out that already holds one "
         "(its files are replaced)")
     g = train.add_argument_group("model and schedule (defaults: dhvc_ext.train.TrainConfig)")
@@ -847,6 +848,11 @@ def _resume_run(args, actions):
         raise CLIError(EXIT_MISMATCH, f"{path} holds a model for {state['n_features']} features; the run's data "
                        f"have {dataset.n_features}")
     trainer = _trainer_from_state(state, path, device=args.device, threads=args.threads)
+    options = dict(options)
+    if args.plots is not None:
+        options["plots"] = args.plots
+    if args.metrics_every is not None:
+        options["metrics_every"] = args.metrics_every
     info = ckpt.get("run", {}) if isinstance(ckpt, dict) else {}
     run = _Run(out, dataset, trainer, data_info, options=options, best_epoch=info.get("best_epoch"),
                best_loss=info.get("best_loss", math.inf) if info.get("best_loss") is not None else math.inf,
@@ -974,7 +980,7 @@ def _profile(trainer, dataset, out, steps):
               f"share of {what} in dhvc_ext ops: {100 * share:.1f}%"
               + ("" if cuda else f" (and {100 * glue:.1f}% in their autograd nodes, GeneratedBackwardFor_dhvc_ext_*)")]
     header += [f"  {key}: {100 * value:.1f}%" for key, value in ours]
-    table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30)
+    table = events.table(sort_by=attr, row_limit=30)
     _write(out / PROFILE_TXT, _write_text, "\n".join(header) + "\n\n" + table + "\n")
     try:
         prof.export_chrome_trace(str(out / PROFILE_TRACE))
@@ -1073,7 +1079,7 @@ def cmd_train(args, actions):
             run = _resume_run(args, actions) if args.resume else _new_run(args)
             return _train(run, args, guard)
         except _Interrupted as sig:
-            return _interrupted(sig, run)
+            return _interrupted(sig, run, args)
 
 
 def _train(run, args, guard):
@@ -1120,11 +1126,14 @@ def _saved_epoch(run):
     return entries[-1]["epoch"] if entries else 0
 
 
-def _interrupted(sig, run):
+def _interrupted(sig, run, args):
     name = signal.Signals(sig.signum).name
     code = 128 + sig.signum
     if run is None:
-        print(f"dhvc train: interrupted by {name} before training started; nothing of this run was written",
+        out = Path(args.resume or args.out or ".")
+        resumable = (out / LAST).exists() and (out / RUN_JSON).exists()
+        print(f"dhvc train: interrupted by {name} before training started"
+              + (f"; continue with: dhvc train --resume {out}" if resumable else "; nothing was written"),
               file=sys.stderr)
         return code
     trainer, cfg, out = run.trainer, run.trainer.config, run.out
