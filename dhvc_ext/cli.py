@@ -904,14 +904,15 @@ def _epoch_callback(run, guard, bars, quiet):
             _write(run.out / LAST, checkpoint.save, run.checkpoint())
             if is_best:
                 _write(run.out / BEST, lambda dst: checkpoint.copy(run.out / LAST, dst))
-        if bars is not None:
-            bars.epoch_done(entry)
-        elif not quiet:
-            scores = "  ".join(f"{s} {entry[s]:.3f}" for s in SCORES if entry.get(s) is not None)
-            print(f"epoch {trainer.epoch:>{len(str(cfg.total_epochs))}}/{cfg.total_epochs} {record['phase']:<8} "
-                  f"{_format_terms(entry, _loss_terms())}  {record['samples_per_s']:.0f} samples/s"
-                  + (f"  {scores}" if scores else "") + ("  (best)" if is_best else ""),
-                  file=sys.stderr, flush=True)
+            # reported inside the block, so that a signal held during the writes fires after the report
+            if bars is not None:
+                bars.epoch_done(entry)
+            elif not quiet:
+                scores = "  ".join(f"{s} {entry[s]:.3f}" for s in SCORES if entry.get(s) is not None)
+                print(f"epoch {trainer.epoch:>{len(str(cfg.total_epochs))}}/{cfg.total_epochs} "
+                      f"{record['phase']:<8} {_format_terms(entry, _loss_terms())}  "
+                      f"{record['samples_per_s']:.0f} samples/s" + (f"  {scores}" if scores else "")
+                      + ("  (best)" if is_best else ""), file=sys.stderr, flush=True)
         return False
 
     return callback
