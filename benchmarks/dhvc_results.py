@@ -122,7 +122,8 @@ def main(argv=None):
     for field in dataclasses.fields(TrainConfig):
         if field.name in ("seed", "device", "num_threads") or field.type not in (int, float, str, "int", "float", "str"):
             continue
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+        kind = field.type if field.default is None else type(field.default)
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data, data_dir=args.data_dir)

@@ -121,7 +121,8 @@ _TRAIN_FIELDS = {
                       "weight of KL(q(z|x) || uniform) during pretraining"),
     "epochs": ("--epochs", dict(type=int, metavar="N"),
                "epochs of joint training after pretraining (0: autoencoder + vMF mixture only)"),
-    "batch_size": ("--batch-size", dict(type=int, metavar="B"), "samples per optimisation step"),
+    "batch_size": ("--batch-size", dict(type=int, metavar="B"),
+                   "samples per optimisation step (default: min(256, max(16, n / 32)), at least 32 steps per epoch)"),
     "pretrain_lr": ("--pretrain-lr", dict(type=float, metavar="X"), "Adam learning rate of pretraining"),
     "lr": ("--lr", dict(type=float, metavar="X"), "Adam learning rate of joint training"),
     "lr_decay": ("--lr-decay", dict(type=float, metavar="X"),
@@ -533,7 +534,7 @@ class _Bars:
         from dhvc_ext.models import LOSS_TERMS
 
         self.trainer, self.terms = trainer, LOSS_TERMS
-        bs = trainer.config.batch_size
+        bs = trainer.batch_size(n_samples)
         self.per_epoch = n_samples - n_samples % bs if n_samples > bs else n_samples  # drop_last, as fit does
         self._epoch, self._sums, self._seen = None, {}, 0
 
@@ -938,7 +939,7 @@ def _profile(trainer, dataset, out, steps):
     model = copy.deepcopy(trainer.model).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=trainer.config.lr)
     n = len(dataset)
-    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=min(trainer.config.batch_size, n),
+    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=trainer.batch_size(n),
                                          shuffle=True, generator=torch.Generator().manual_seed(0),
                                          collate_fn=lambda batch: batch)
     batches = []
@@ -1204,7 +1205,7 @@ def _mean_loss(trainer, dataset):
     phase = "joint" if trainer.mixture_initialized else "pretrain"
     weights = cfg.loss_weights()
     sums, n = dict.fromkeys(LOSS_TERMS, 0.0), 0
-    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=min(cfg.batch_size, len(dataset)),
+    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=trainer.batch_size(len(dataset)),
                                          shuffle=False, collate_fn=lambda batch: batch)
     model.eval()
     with torch.no_grad(), _rng_preserved(trainer.device):

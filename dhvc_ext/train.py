@@ -71,7 +71,7 @@ class TrainConfig:
     pretrain_epochs: int = 50
     pretrain_beta: float = 0.0
     epochs: int = 50
-    batch_size: int = 256
+    batch_size: int = None
     pretrain_lr: float = 1e-3
     lr: float = 1e-3
     lr_decay: float = 0.9
@@ -93,7 +93,7 @@ class TrainConfig:
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
         for name, low in (("n_clusters", 2), ("latent_dim", 2), ("pretrain_epochs", 0), ("epochs", 0),
-                          ("batch_size", 1), ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
+                          ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
                           ("mixture_n_init", 1), ("head_warmstart_steps", 0), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -109,6 +109,9 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                            or self.batch_size < 1):
+            raise ValueError(f"TrainConfig: batch_size must be None (automatic) or an int >= 1, got {self.batch_size!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"TrainConfig: num_threads must be None or an int >= 1, got {self.num_threads!r}")
         self.loss_weights()  # validates beta, alpha, eta, lam, kl_direction
@@ -199,12 +202,20 @@ class Trainer:
             groups.append(dict(params=mixture_params, lr=cfg.lr * cfg.mixture_lr_scale))
         return torch.optim.Adam(groups)
 
+    def batch_size(self, n):
+        """The batch size for n samples: ``batch_size``, or when None min(256, max(16, n // 32)). The automatic
+        rule keeps at least 32 steps per epoch on small data: with 7 steps of 256 per epoch, digits' autoencoder
+        sits on the mean-image plateau for 10 epochs and short runs end with one cluster."""
+        size = self.config.batch_size or min(256, max(16, n // 32))
+        return max(1, min(size, n))
+
     def _loader(self, dataset, shuffle):
         gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.epoch)
         n = len(dataset)
+        size = self.batch_size(n)
         return torch.utils.data.DataLoader(
-            dataset.torch_dataset(), batch_size=min(self.config.batch_size, n), shuffle=shuffle, generator=gen,
-            drop_last=shuffle and n > self.config.batch_size, collate_fn=_identity,
+            dataset.torch_dataset(), batch_size=size, shuffle=shuffle, generator=gen,
+            drop_last=shuffle and n > size, collate_fn=_identity,
             pin_memory=self.device.type == "cuda")
 
     def _autocast(self):
@@ -227,12 +238,13 @@ class Trainer:
                                   phase=phase)
             loss = terms["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss)} at epoch {self.epoch + 1}; "
-                                         f"terms: { {k: float(v) for k, v in terms.items()} }")
+                raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss.detach())} at epoch "
+                                         f"{self.epoch + 1}; terms: { {k: float(v.detach()) for k, v in terms.items()} }")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # Clipping stops the feedback in which a sharpening mixture makes p(c|z), and so the gradient
-            # that the posterior KL sends to the encoder, explode (seen as a collapse to one cluster).
+            # Clipping bounds the steps when a sharpening mixture makes p(c|z), and so the gradient that the
+            # posterior KL sends to the encoder, large. (It does not by itself prevent the collapse to one
+            # cluster that a run-away mixture concentration causes: see mixture_fit_on.)
             norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             norms.append(float(norm))
             self.optimizer.step()
@@ -241,7 +253,7 @@ class Trainer:
                 sums[k] += float(terms[k].detach()) * b
             n_seen += b
             if progress:
-                batches.set_postfix(loss=f"{float(loss):.3f}")
+                batches.set_postfix(loss=f"{float(loss.detach()):.3f}")
         seconds = time.perf_counter() - start
         record = dict(phase=phase, epoch=self.epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()},
                       samples_per_s=n_seen / seconds, seconds=seconds, grad_norm=float(np.median(norms)))
