@@ -380,8 +380,16 @@ def test_explicit_generator(device, dtype):
     assert torch.equal(get_state(), state)
 
 
-def test_thread_count_does_not_change_samples():
-    loc, kappa = _batch("cpu", torch.float64, n=20000, d=5)
+@pytest.mark.parametrize("d", [3, 5, 10, 17, 64])
+def test_thread_count_and_batch_size_do_not_change_samples(d, dtype):
+    # Row i's sample depends on the seed and i alone: not on the number of threads, nor on the rows around it
+    # (the float32 CPU path works in blocks of 16 rows and chunks of 1024, with rejection-loop lanes that take
+    # the next row when they accept). n is not a multiple of 16; the concentrations span every regime.
+    n = 5003
+    loc = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    loc = (loc / loc.norm(dim=-1, keepdim=True)).to(dtype)
+    kappa = torch.logspace(-3, 8, n, dtype=dtype)[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
+    kappa[::97] = 0.0
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -391,6 +399,8 @@ def test_thread_count_does_not_change_samples():
     finally:
         torch.set_num_threads(before)
     assert torch.equal(a, b)
+    for m in (1, 37, 1037):  # a prefix of the rows draws the same samples
+        assert torch.equal(vmf_sample(loc[:m], kappa[:m], generator=generator("cpu", 3)), a[:m])
 
 
 # --- gradients -------------------------------------------------------------------------------------------

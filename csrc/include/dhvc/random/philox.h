@@ -14,6 +14,36 @@
 namespace dhvc {
 namespace random {
 
+// The Philox constants: round multipliers and the Weyl key increments.
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+
+// One Philox4x32-10 block: the four words of counter (c0, c1, c2, c3) under key (k0, k1). The vectorised
+// versions in random/avx512.h compute the same function, 8 or 16 counters at a time.
+DHVC_HOST_DEVICE DHVC_INLINE void philox4x32_10(const uint32_t counter[4], uint32_t k0, uint32_t k1,
+                                                 uint32_t out[4]) {
+  uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+#if defined(__CUDACC__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+    c0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+    c1 = static_cast<uint32_t>(p1);
+    c2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+    c3 = static_cast<uint32_t>(p0);
+    k0 += kPhiloxW0;  // Weyl sequence key schedule
+    k1 += kPhiloxW1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
 class PhiloxStream {
  public:
   DHVC_HOST_DEVICE PhiloxStream(uint64_t seed, uint64_t offset, uint64_t subsequence)
@@ -48,33 +78,9 @@ class PhiloxStream {
   }
 
  private:
-  DHVC_HOST_DEVICE DHVC_INLINE static uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
-    const uint64_t p = static_cast<uint64_t>(a) * b;
-    *hi = static_cast<uint32_t>(p >> 32);
-    return static_cast<uint32_t>(p);
-  }
-
   DHVC_HOST_DEVICE DHVC_INLINE void refill() {
-    uint32_t c0 = draw_, c1 = offset_, c2 = sub0_, c3 = sub1_;
-    uint32_t k0 = key0_, k1 = key1_;
-#if defined(__CUDACC__)
-#pragma unroll
-#endif
-    for (int round = 0; round < 10; ++round) {
-      uint32_t hi0, hi1;
-      const uint32_t lo0 = mulhilo(0xD2511F53u, c0, &hi0);
-      const uint32_t lo1 = mulhilo(0xCD9E8D57u, c2, &hi1);
-      c0 = hi1 ^ c1 ^ k0;
-      c1 = lo1;
-      c2 = hi0 ^ c3 ^ k1;
-      c3 = lo0;
-      k0 += 0x9E3779B9u;  // Weyl sequence key schedule
-      k1 += 0xBB67AE85u;
-    }
-    out_[0] = c0;
-    out_[1] = c1;
-    out_[2] = c2;
-    out_[3] = c3;
+    const uint32_t counter[4] = {draw_, offset_, sub0_, sub1_};
+    philox4x32_10(counter, key0_, key1_, out_);
     ++draw_;
     used_ = 0;
   }
