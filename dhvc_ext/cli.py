@@ -793,13 +793,16 @@ def _new_run(args):
                        f"{dataset.name}; expected K <= n")
     trainer = _make_trainer(lambda: Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
                                             unit_interval=dataset.unit_interval))
-    out = _prepare_out_dir(args.out, args.overwrite)
+    main = _is_main()
+    out = _prepare_out_dir(args.out, args.overwrite) if main else Path(args.out)
     every = args.metrics_every
     if every is None:
         every = 1 if len(dataset) <= METRICS_EVERY_EPOCH_UP_TO else 5
     run = _Run(out, dataset, trainer, _data_info(dataset, args.data, scaling, args.data_dir, args.subset,
                                                  config.seed),
                options=dict(metrics_every=every, plots=args.plots is not False))
+    if not main:
+        return run
     _write(out / RUN_JSON, checkpoint.write_json, dict(
         format="dhvc_ext.run", format_version=1, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         command=["dhvc", *args.argv],
@@ -858,6 +861,8 @@ def _resume_run(args, actions):
     run = _Run(out, dataset, trainer, data_info, options=options, best_epoch=info.get("best_epoch"),
                best_loss=info.get("best_loss", math.inf) if info.get("best_loss") is not None else math.inf,
                elapsed_before=float(info.get("elapsed_s", 0.0)), sessions=int(info.get("sessions", 1)) + 1)
+    if not _is_main():
+        return run
     # The log may hold an epoch after the checkpoint's (killed between the two writes): drop it.
     entries = [e for e in _read_log(out) if e.get("epoch", 0) <= trainer.epoch]
     _write(out / LOG, checkpoint.atomic_write,
@@ -882,6 +887,8 @@ def _epoch_callback(run, guard, bars, quiet):
     every = run.options["metrics_every"]
 
     def callback(_trainer, record):
+        if not _is_main():  # under torchrun only rank 0 evaluates, logs and checkpoints
+            return False
         entry = dict(record)
         joint_epoch = trainer.epoch - cfg.pretrain_epochs
         if (dataset.y is not None and every and record["phase"] == "joint"
@@ -1074,28 +1081,58 @@ def _plots(trainer, dataset, labels, out, history, log):
     return written
 
 
+def _is_main():
+    from dhvc_ext import distributed
+
+    return distributed.is_main()
+
+
+def _join_process_group(args):
+    """Under torchrun (WORLD_SIZE > 1), join the process group: NCCL when the run trains on GPUs, else gloo."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return
+    import torch
+
+    from dhvc_ext import distributed, ops
+
+    device = args.device or "auto"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() and ops.cuda_available() else "cpu"
+    try:
+        distributed.init_from_env(device=torch.device(device))
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(EXIT_USAGE, f"could not join the torchrun process group: {err}") from None
+
+
 def cmd_train(args, actions):
+    _join_process_group(args)
     with _SignalGuard() as guard:
         run = None
         try:
             run = _resume_run(args, actions) if args.resume else _new_run(args)
-            return _train(run, args, guard)
+            code = _train(run, args, guard)
         except _Interrupted as sig:
             return _interrupted(sig, run, args)
+    from dhvc_ext import distributed
+
+    distributed.finish()  # the other ranks wait for rank 0's results before the group goes
+    return code
 
 
 def _train(run, args, guard):
     import warnings
 
     trainer, cfg = run.trainer, run.trainer.config
-    quiet = bool(args.quiet)
+    main = _is_main()
+    quiet = bool(args.quiet) or not main  # under torchrun rank 0 alone reports
     progress = args.progress if args.progress is not None else (sys.stderr.isatty() and not quiet)
+    progress = progress and main and trainer.world == 1  # the bars count one process's samples
     if not quiet:
         state = (f"resuming after epoch {trainer.epoch} of {cfg.total_epochs}" if args.resume
                  else f"{cfg.pretrain_epochs} pretraining + {cfg.epochs} joint epochs")
         print(f"dhvc train: {_describe(run.dataset)}, K={cfg.n_clusters}, {state}, on {trainer.device} "
               f"({_threads_text()}); writing to {run.out}", file=sys.stderr, flush=True)
-    if getattr(args, "profile", False):
+    if getattr(args, "profile", False) and main:
         share, ours, header = _profile(trainer, run.dataset, run.out, args.profile_steps or 10)
         print("\n".join(header) + f"\n  table: {run.out / PROFILE_TXT}, Chrome trace: {run.out / PROFILE_TRACE}",
               file=sys.stderr, flush=True)
@@ -1109,6 +1146,8 @@ def _train(run, args, guard):
     except FloatingPointError as err:
         raise CLIError(EXIT_DIVERGED, f"{err}. {run.out / LAST} keeps the run after epoch "
                        f"{_saved_epoch(run)}; try a smaller --lr") from None
+    if not main:
+        return EXIT_OK
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # matplotlib's layout notes on tiny figures
         lines = _finish(run, quiet)
@@ -1131,6 +1170,8 @@ def _saved_epoch(run):
 def _interrupted(sig, run, args):
     name = signal.Signals(sig.signum).name
     code = 128 + sig.signum
+    if not _is_main():
+        return code
     if run is None:
         out = Path(args.resume or args.out or ".")
         resumable = (out / LAST).exists() and (out / RUN_JSON).exists()

@@ -24,6 +24,12 @@ Estimators take NumPy arrays or torch tensors of shape (n_samples, d), L2-normal
 ``normalize=False`` (a zero row is a ValueError), compute in torch on ``device`` in ``dtype`` and return
 NumPy arrays. ``random_state`` (None, an int or a ``numpy.random.RandomState``) seeds a ``torch.Generator``
 per initialisation, so the same int gives identical results.
+
+Data larger than memory: ``VonMisesFisherMixture.fit`` also takes a ``numpy.memmap`` or an iterable of
+chunks and streams it, one pass of the fused statistics op per chunk and EM iteration, with memory bounded by
+the chunk and the initialisation sample; with ``distributed=True`` each torch.distributed rank passes its
+shard and the sums are all-reduced (``dhvc_ext.distributed``), as ``VMFMixture.em_step(distributed=True)``
+does for one step.
 """
 import math
 import numbers
@@ -37,6 +43,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from dhvc_ext import distributed as dist
 from dhvc_ext import ops
 
 __all__ = ["ConcentrationCapWarning", "SphericalKMeans", "VMFMixture", "VonMisesFisherMixture"]
@@ -138,23 +145,40 @@ class VMFMixture(torch.nn.Module):
         return self._e_step(z)[0].exp()
 
     @torch.no_grad()
-    def em_step(self, z, hard=False, generator=None):
+    def em_step(self, z, hard=False, generator=None, *, distributed=False):
         """One EM iteration on z (N, d) unit rows; writes mu, kappa, pi in place (no gradient).
 
         ``hard=True`` uses one-hot argmax responsibilities (classification EM). ``generator`` draws the data
         points that re-seed near-empty components (default: the module's generator). Returns the mean
         log-likelihood (1/N) sum_n log p(z_n) under the parameters *before* the update, a Python float (EM
         guarantees it does not decrease from one soft step to the next, barring re-seeding).
+
+        ``distributed=True``: z is this process's shard of the data. N_k, S_k, the log-likelihood and N are
+        summed over the torch.distributed process group (``dhvc_ext.distributed.all_reduce_sum``), so every
+        rank makes the same M-step; a re-seeded component takes rank 0's choice (broadcast). Every rank must
+        call it. Without a process group it is the plain step.
         """
         z = self._check_z(z)
         n_k, s_k, total = ops.vmfmm_em_statistics(z, self.mu, self.kappa, self.log_pi, hard=hard)
-        self._m_step(z, n_k, s_k, generator)
-        return float(total) / z.shape[0]
+        n = z.shape[0]
+        if distributed and dist.world_size() > 1:
+            count = torch.tensor(float(n), dtype=torch.float64)
+            n_k, s_k, total = n_k.double(), s_k.double(), total.double()
+            dist.all_reduce_sum([n_k, s_k, total, count])
+            n = int(count)
+            if self._m_step(z, n_k, s_k, generator, n=n):
+                dist.broadcast_([self.mu_raw, self.kappa_raw, self.logits])
+        else:
+            self._m_step(z, n_k, s_k, generator)
+        return float(total) / n
 
     @torch.no_grad()
-    def _m_step(self, z, n_k, s_k, generator=None):
-        """Closed-form M-step from the sufficient statistics N_k (K,) and S_k (K, d) of z (N, d)."""
-        n, dtype = z.shape[0], self.mu_raw.dtype
+    def _m_step(self, z, n_k, s_k, generator=None, n=None):
+        """Closed-form M-step from the sufficient statistics N_k (K,) and S_k (K, d) of n points (default: the
+        rows of z). z (M, d) are the candidates that re-seed empty components: all the data in memory, a
+        sample of them when they stream. Returns whether a component was re-seeded."""
+        n = z.shape[0] if n is None else n
+        dtype = self.mu_raw.dtype
         n_k, s_k = n_k.to(torch.float64), s_k.to(torch.float64)
         norm = torch.linalg.vector_norm(s_k, dim=-1)
         empty = (n_k < EMPTY_FRACTION * n) | (norm == 0)
@@ -175,7 +199,7 @@ class VMFMixture(torch.nn.Module):
             # point: EM can then pull it towards whatever it explains, instead of dividing 0 by 0.
             idx = empty.nonzero().flatten()
             gen = generator if generator is not None else self.generator
-            pick = torch.randint(n, (idx.numel(),), generator=gen,
+            pick = torch.randint(z.shape[0], (idx.numel(),), generator=gen,
                                  device=gen.device if gen is not None else z.device).to(z.device)
             mu[idx] = z[pick].to(torch.float64)
             kappa[idx] = kappa[~empty].median() if bool((~empty).any()) else max(1.0, self.kappa_min + 1.0)
@@ -185,6 +209,7 @@ class VMFMixture(torch.nn.Module):
         self.mu_raw.copy_(mu.to(dtype))
         self.kappa_raw.copy_(_inverse_softplus((kappa - self.kappa_min).to(dtype)))
         self.logits.copy_(torch.log(pi).to(dtype))
+        return bool(empty.any())
 
     def sample(self, n, generator=None):
         """n draws: (z (n, d), labels (n,) int64). Labels ~ Categorical(pi), then z ~ vMF(mu_label, kappa_label)
@@ -250,6 +275,30 @@ def _spherical_kmeans_pp(z, k, generator):
     return z[idx]
 
 
+def _chunk_reader(X, chunk_size, who):
+    """For an X that streams (see ``VonMisesFisherMixture.fit``), a function returning a fresh iterable of its
+    2-D chunks; None for in-memory data."""
+    if isinstance(X, np.memmap):
+        if X.ndim != 2:
+            raise ValueError(f"{who}: a memory-mapped X must be 2-D (n_samples, n_features), got shape {X.shape}")
+        # np.array: a writable copy of one chunk (torch warns on read-only memory maps)
+        return lambda: (np.array(X[i:i + chunk_size]) for i in range(0, X.shape[0], chunk_size))
+    if isinstance(X, (np.ndarray, torch.Tensor)):
+        return None
+    if callable(X):
+        return X
+    if isinstance(X, (list, tuple)):
+        if len(X) and all(isinstance(c, (np.ndarray, torch.Tensor)) and c.ndim == 2 for c in X):
+            return lambda: iter(X)
+        return None
+    if hasattr(X, "__next__"):
+        raise ValueError(f"{who}: X is a one-shot iterator ({type(X).__name__}), but EM reads the data once per "
+                         "iteration; pass a list of chunks or a callable that returns a new iterable of chunks")
+    if hasattr(X, "__iter__"):
+        return lambda: iter(X)
+    return None
+
+
 def _check_int(value, name, who, low):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{who}: {name} must be an int >= {low}, got {value!r}")
@@ -273,6 +322,9 @@ class VonMisesFisherMixture(BaseEstimator):
             already be unit vectors.
         random_state: None, an int or a numpy.random.RandomState.
         device, dtype: where and in what precision torch computes (float32 or float64).
+        chunk_size: rows read at a time from a ``numpy.memmap`` X (see ``fit``).
+        init_size: rows of the sample that a streamed X's initialisation draws its centres from (>= K);
+            a stream of at most this many rows is fitted exactly as in memory.
 
     Fitted attributes (NumPy): ``weights_`` (K,), ``means_`` (K, d), ``concentrations_`` (K,), ``n_iter_``,
     ``converged_``, ``lower_bound_`` (mean log-likelihood at the parameters before the last M-step, as in
@@ -280,7 +332,8 @@ class VonMisesFisherMixture(BaseEstimator):
     """
 
     def __init__(self, n_components=1, *, init="k-means++", n_init=1, max_iter=100, tol=1e-6, posterior_type="soft",
-                 kappa_max=1e6, normalize=True, random_state=None, device=None, dtype=torch.float64):
+                 kappa_max=1e6, normalize=True, random_state=None, device=None, dtype=torch.float64,
+                 chunk_size=65536, init_size=65536):
         self.n_components = n_components
         self.init = init
         self.n_init = n_init
@@ -292,10 +345,14 @@ class VonMisesFisherMixture(BaseEstimator):
         self.random_state = random_state
         self.device = device
         self.dtype = dtype
+        self.chunk_size = chunk_size
+        self.init_size = init_size
 
     def _validate_params(self):
         who = type(self).__name__
         _check_int(self.n_components, "n_components", who, 1)
+        _check_int(self.chunk_size, "chunk_size", who, 1)
+        _check_int(self.init_size, "init_size", who, self.n_components)
         _check_int(self.n_init, "n_init", who, 1)
         _check_int(self.max_iter, "max_iter", who, 1)
         if self.init not in ("k-means++", "random"):
@@ -327,36 +384,179 @@ class VonMisesFisherMixture(BaseEstimator):
         model._m_step(z, resp.sum(0), resp.T @ z, generator)
         return model
 
-    def fit(self, X, y=None):
-        """Fit the mixture to X (n_samples, d). Returns self."""
+    def fit(self, X, y=None, *, distributed=False):
+        """Fit the mixture to X. Returns self.
+
+        X holds (n_samples, d) rows, either in memory (a NumPy array, a torch tensor, a nested list) or as a
+        stream of chunks of rows, which EM reads once per iteration with memory bounded by one chunk plus the
+        ``init_size`` sample: a ``numpy.memmap`` (``np.load(path, mmap_mode="r")``; read ``chunk_size`` rows
+        at a time), a list or tuple of 2-D arrays or tensors, or a callable that returns a fresh iterable of
+        2-D chunks at every call (a one-shot iterator or generator object is refused: EM needs many passes).
+        A stream of at most ``init_size`` rows gives the in-memory fit, up to the order of float64 sums.
+
+        ``distributed=True``: X is this process's shard of the data, and the E-step sums, the row count and
+        the initialisation sample are combined over the torch.distributed process group, so that every rank
+        ends with the same mixture, the one a single process fits to the shards concatenated in rank order
+        (same order of float64 sums aside). Every rank must call it, with the same parameters and an int
+        ``random_state`` (None is drawn on rank 0 and shared). Without a process group it is a plain fit.
+        """
         self._validate_params()
-        z = self._input(X, fitted=False)
-        if z.shape[0] < self.n_components:
-            raise ValueError(f"{type(self).__name__}: n_samples = {z.shape[0]} must be >= "
-                             f"n_components = {self.n_components}")
-        rng = check_random_state(self.random_state)
-        best = None
-        for _ in range(self.n_init):
-            generator = _torch_generator(rng, z.device)
-            model = self._init_mixture(z, generator)
-            lower_bound, converged, n_iter = -math.inf, False, 0
-            for n_iter in range(1, self.max_iter + 1):
-                previous = lower_bound
-                lower_bound = model.em_step(z, hard=self.posterior_type == "hard", generator=generator)
-                if abs(lower_bound - previous) < self.tol:
-                    converged = True
-                    break
-            if best is None or lower_bound > best[0]:
-                best = (lower_bound, model, n_iter, converged)
+        who = type(self).__name__
+        read = _chunk_reader(X, self.chunk_size, who)
+        distributed = bool(distributed) and dist.world_size() > 1
+        if read is None and not distributed:
+            z = self._input(X, fitted=False)
+            if z.shape[0] < self.n_components:
+                raise ValueError(f"{who}: n_samples = {z.shape[0]} must be >= n_components = {self.n_components}")
+            rng = check_random_state(self.random_state)
+            best = None
+            for _ in range(self.n_init):
+                generator = _torch_generator(rng, z.device)
+                model = self._init_mixture(z, generator)
+                lower_bound, converged, n_iter = -math.inf, False, 0
+                for n_iter in range(1, self.max_iter + 1):
+                    previous = lower_bound
+                    lower_bound = model.em_step(z, hard=self.posterior_type == "hard", generator=generator)
+                    if abs(lower_bound - previous) < self.tol:
+                        converged = True
+                        break
+                if best is None or lower_bound > best[0]:
+                    best = (lower_bound, model, n_iter, converged)
+        else:
+            if read is None:
+                z = self._input(X, fitted=False) if len(X) else None
+                read = lambda: [] if z is None else [z]  # noqa: E731
+            best = self._fit_stream(read, distributed)
         self.lower_bound_, self.mixture_, self.n_iter_, self.converged_ = best
         if not self.converged_:
-            warnings.warn(f"{type(self).__name__}: EM did not converge in max_iter = {self.max_iter} iterations "
+            warnings.warn(f"{who}: EM did not converge in max_iter = {self.max_iter} iterations "
                           f"(tol = {self.tol:g}); increase max_iter or tol", ConvergenceWarning, stacklevel=2)
         with torch.no_grad():
             self.weights_ = self.mixture_.pi.cpu().numpy()
             self.means_ = self.mixture_.mu.cpu().numpy()
             self.concentrations_ = self.mixture_.kappa.cpu().numpy()
         return self
+
+    def _fit_stream(self, read, distributed):
+        """EM over the chunks that ``read()`` yields (this rank's shard when ``distributed``); returns
+        (lower_bound, mixture, n_iter, converged) of the best initialisation.
+
+        Pass 1 counts and checks the rows. The k-means++ centres (and the rows that re-seed empty components)
+        come from a sample of at most ``init_size`` rows: all rows, in order, when there are no more (so that
+        the fit is the in-memory one), else a uniform sample without replacement (the rows with the
+        ``init_size`` smallest of independent uniform keys, kept by a running merge, chunk by chunk). Each EM
+        iteration is then one pass of the fused ``vmfmm_em_statistics`` op per chunk, summed in float64.
+        """
+        who, k = type(self).__name__, self.n_components
+        reduce = dist.all_reduce_sum if distributed else (lambda tensors: tensors)
+        dim = None
+
+        def chunks():
+            for chunk in read():
+                if not isinstance(chunk, (np.ndarray, torch.Tensor)):
+                    chunk = np.asarray(chunk, dtype=np.float64)
+                if chunk.ndim >= 1 and chunk.shape[0] == 0:
+                    continue
+                z = _as_unit_rows(chunk, who, dim, self.normalize, self.device, self.dtype)
+                yield z
+
+        n_local, kept = 0, []
+        for z in chunks():
+            if dim is None:
+                dim = z.shape[1]
+            n_local += z.shape[0]
+            if kept is not None:
+                kept = kept + [z] if n_local <= self.init_size else None
+        infos = dist.all_gather_objects((n_local, dim)) if distributed else [(n_local, dim)]
+        dims = {d for _, d in infos if d is not None}
+        if len(dims) > 1:
+            raise ValueError(f"{who}: the ranks' shards have different numbers of features {sorted(dims)}")
+        n = sum(c for c, _ in infos)
+        if n < max(k, 1):
+            raise ValueError(f"{who}: n_samples = {n} must be >= n_components = {k}")
+        dim = dims.pop()
+        rng = check_random_state(self.random_state)
+        if distributed and not isinstance(self.random_state, numbers.Integral):
+            rng = np.random.RandomState(dist.all_gather_objects(int(rng.randint(0, 2**31 - 1)))[0])
+        factory = dict(device=self.device, dtype=self.dtype)
+        if n <= self.init_size:
+            local = torch.cat(kept) if kept else torch.empty((0, dim), **factory)
+        else:
+            local, keys = self._bottom_k_sample(chunks(), dim, int(rng.randint(0, 2**62, dtype=np.int64)) + dist.rank())
+        sample = dist.all_gather_rows(local) if distributed else local
+        if sample.shape[0] > self.init_size:  # merge the ranks' samples: the smallest keys overall
+            keys = dist.all_gather_rows(keys)
+            sample = sample[torch.argsort(keys)[:self.init_size].sort().values]
+        hard = self.posterior_type == "hard"
+        best = None
+        for _ in range(self.n_init):
+            generator = _torch_generator(rng, sample.device)
+            model = self._init_mixture_stream(sample, chunks, n, generator, reduce)
+            lower_bound, converged, n_iter = -math.inf, False, 0
+            for n_iter in range(1, self.max_iter + 1):
+                previous = lower_bound
+                with torch.no_grad():
+                    mu, kappa, log_pi = model.mu, model.kappa, model.log_pi
+                    n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
+                    s_k = torch.zeros(k, dim, dtype=torch.float64, device=sample.device)
+                    total = torch.zeros((), dtype=torch.float64, device=sample.device)
+                    for z in chunks():
+                        stats = ops.vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard)
+                        n_k += stats[0]
+                        s_k += stats[1]
+                        total += stats[2]
+                    reduce([n_k, s_k, total])
+                    model._m_step(sample, n_k, s_k, generator, n=n)
+                lower_bound = float(total) / n
+                if abs(lower_bound - previous) < self.tol:
+                    converged = True
+                    break
+            if best is None or lower_bound > best[0]:
+                best = (lower_bound, model, n_iter, converged)
+        if distributed:  # the same already on every rank; made certain, whatever the device's arithmetic
+            dist.broadcast_([best[1].mu_raw, best[1].kappa_raw, best[1].logits])
+        return best
+
+    def _bottom_k_sample(self, chunks, dim, seed):
+        """The rows with the ``init_size`` smallest of independent uniform keys (a uniform sample without
+        replacement), in stream order, and their keys (for merging the samples of several ranks)."""
+        generator = torch.Generator().manual_seed(seed)
+        keys = torch.empty(0, dtype=torch.float64)
+        rows = torch.empty((0, dim), device=self.device, dtype=self.dtype)
+        order = torch.empty(0, dtype=torch.int64)
+        seen = 0
+        for z in chunks:
+            chunk_keys = torch.rand(z.shape[0], generator=generator, dtype=torch.float64)
+            keys = torch.cat([keys, chunk_keys])
+            rows = torch.cat([rows, z])
+            order = torch.cat([order, torch.arange(seen, seen + z.shape[0])])
+            seen += z.shape[0]
+            if keys.numel() > self.init_size:
+                keep = torch.argsort(keys)[:self.init_size]
+                keys, rows, order = keys[keep], rows[keep.to(rows.device)], order[keep]
+        position = torch.argsort(order)
+        return rows[position.to(rows.device)], keys[position].to(rows.device)
+
+    def _init_mixture_stream(self, sample, chunks, n, generator, reduce):
+        """``_init_mixture`` with the centres drawn from ``sample`` and the hard-label M-step summed over the
+        stream: the same numbers as in memory when the sample is all the data."""
+        k, d = self.n_components, sample.shape[1]
+        model = VMFMixture(k, d, kappa_max=self.kappa_max, generator=generator, device=sample.device,
+                           dtype=sample.dtype)
+        if self.init == "k-means++":
+            centres = _spherical_kmeans_pp(sample, k, generator)
+        else:
+            m = sample.shape[0]
+            centres = sample[torch.randperm(m, generator=generator, device=generator.device)[:k].to(sample.device)]
+        n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
+        s_k = torch.zeros(k, d, dtype=torch.float64, device=sample.device)
+        for z in chunks():
+            labels = (z @ centres.T).argmax(dim=1)
+            n_k += torch.bincount(labels, minlength=k).to(torch.float64)
+            s_k.index_add_(0, labels, z.to(torch.float64))
+        reduce([n_k, s_k])
+        model._m_step(sample, n_k, s_k, generator, n=n)
+        return model
 
     def fit_predict(self, X, y=None):
         """fit(X), then the labels of X (n_samples,)."""

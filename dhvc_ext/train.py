@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dhvc_ext import distributed as dist
 from dhvc_ext import ops
 from dhvc_ext.mixture import VonMisesFisherMixture, _inverse_softplus
 from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
@@ -148,6 +149,18 @@ def _identity(batch):
     return batch
 
 
+class _Objective(torch.nn.Module):
+    """The DHVC objective as a module's forward, for DistributedDataParallel, whose gradient hooks are armed by
+    a call of the wrapped module (the objective calls the network's encode/decode/head, not its forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, weights, phase):
+        return dhvc_loss(self.model, x, weights, phase=phase)  # looked up at call time: the CLI wraps it
+
+
 class Trainer:
     """Builds the DHVC network for a data shape and trains it by the schedule of the module docstring.
 
@@ -168,6 +181,9 @@ class Trainer:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         self.device = resolve_device(config.device)
+        self.world, self.rank = dist.world_size(), dist.rank()
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", dist.local_rank())  # one GPU per process, as torchrun numbers them
         torch.manual_seed(config.seed)
         likelihood = config.likelihood
         if likelihood == "auto":
@@ -183,6 +199,12 @@ class Trainer:
         self.mixture_initialized = False
         self.optimizer = self._make_optimizer("pretrain")
         self.scheduler = None
+        self._ddp, self._ddp_phase, self._saved_world, self._rank_rng = None, None, None, None
+        if self.rank > 0:
+            # The network starts the same everywhere (seeded above; DDP also broadcasts rank 0's), but each
+            # rank needs its own vMF sampler noise: ranks > 0 reseed, rank 0 keeps the one-process stream.
+            # No collective here: a trainer that only predicts may be built on one rank alone.
+            torch.manual_seed(config.seed * 1000003 + self.rank)
 
     # ------------------------------------------------------------------------------------------------------
     # optimisation
@@ -209,14 +231,40 @@ class Trainer:
         size = self.config.batch_size or min(256, max(16, n // 32))
         return max(1, min(size, n))
 
-    def _loader(self, dataset, shuffle):
-        gen = torch.Generator().manual_seed(self.config.seed * 100003 + self.epoch)
+    def _loader(self, dataset, shuffle, sharded=False):
+        """Batches of ``dataset``: shuffled per epoch (seeded by seed and epoch) for training, in order for
+        encoding. ``sharded`` (with several processes): this rank's share, see ``dhvc_ext.distributed``; the
+        batch size is then the global one."""
+        seed = self.config.seed * 100003 + self.epoch
         n = len(dataset)
         size = self.batch_size(n)
+        common = dict(collate_fn=_identity, pin_memory=self.device.type == "cuda")
+        if sharded and self.world > 1:
+            if shuffle:
+                sampler = dist.DistributedBatchSampler(n, size, shuffle=True, seed=seed, drop_last=n > size)
+            else:
+                start, stop = dist.shard_range(n, self.rank, self.world)
+                sampler = torch.utils.data.BatchSampler(range(start, stop), size, drop_last=False)
+            return torch.utils.data.DataLoader(dataset.torch_dataset(), batch_sampler=sampler, **common)
+        gen = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(
             dataset.torch_dataset(), batch_size=size, shuffle=shuffle, generator=gen,
-            drop_last=shuffle and n > size, collate_fn=_identity,
-            pin_memory=self.device.type == "cuda")
+            drop_last=shuffle and n > size, **common)
+
+    def _objective(self, phase):
+        """What a training step calls: the loss function, or with several processes the DDP-wrapped objective
+        (rebuilt at the phase change, when the set of trained parameters changes)."""
+        if self.world == 1:
+            return lambda x, weights, phase: dhvc_loss(self.model, x, weights, phase=phase)
+        if self._ddp_phase != phase:
+            from torch.nn.parallel import DistributedDataParallel
+            # Pretraining leaves the head and the mixture out of the graph: DDP must be told to look for
+            # parameters that receive no gradient. The joint objective uses every trained parameter.
+            self._ddp = DistributedDataParallel(
+                _Objective(self.model), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=phase == "pretrain")
+            self._ddp_phase = phase
+        return self._ddp
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16,
@@ -227,25 +275,40 @@ class Trainer:
         model.train()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         n_seen, start, norms = 0, time.perf_counter(), []
-        batches = self._loader(dataset, shuffle=True)
+        batches = self._loader(dataset, shuffle=True, sharded=True)
+        objective = self._objective(phase)
+        n, size = len(dataset), self.batch_size(len(dataset))
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"{phase} {self.epoch + 1}/{cfg.total_epochs}", leave=False)
-        for x in batches:
+        for step, x in enumerate(batches):
             x = x.to(self.device, non_blocking=True)
             with self._autocast():
-                terms = dhvc_loss(model, x, self.pretrain_weights if phase == "pretrain" else self.weights,
-                                  phase=phase)
+                terms = objective(x, self.pretrain_weights if phase == "pretrain" else self.weights, phase)
             loss = terms["loss"]
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if not finite and self.world == 1:
                 raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss.detach())} at epoch "
                                          f"{self.epoch + 1}; terms: { {k: float(v.detach()) for k, v in terms.items()} }")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.world > 1:
+                # DDP averages the ranks' gradients; weighting each rank's batch mean by its share of the
+                # global batch makes that the gradient of the global batch mean when the shares differ by one.
+                b_global = min(size, n - step * size)
+                scale = x.shape[0] * self.world / b_global
+                (loss * scale if scale != 1 else loss).backward()
+            else:
+                loss.backward()
             # Clipping bounds the steps when a sharpening mixture makes p(c|z), and so the gradient that the
             # posterior KL sends to the encoder, large. (It does not by itself prevent the collapse to one
             # cluster that a run-away mixture concentration causes: see mixture_fit_on.)
             norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if self.world > 1 and not (finite and torch.isfinite(norm)):
+                # A non-finite loss on one rank reaches every rank through the gradient all-reduce: all of
+                # them stop here together instead of leaving the others waiting in a collective.
+                raise FloatingPointError(f"DHVC: the {phase} loss or its gradient became non-finite at epoch "
+                                         f"{self.epoch + 1} (rank {self.rank}: loss {float(loss.detach())}, "
+                                         f"gradient norm {float(norm)})")
             norms.append(float(norm))
             self.optimizer.step()
             b = x.shape[0]
@@ -255,6 +318,11 @@ class Trainer:
             if progress:
                 batches.set_postfix(loss=f"{float(loss.detach()):.3f}")
         seconds = time.perf_counter() - start
+        if self.world > 1:  # the epoch's means over all ranks' samples, the same record on every rank
+            totals = torch.tensor([sums[k] for k in LOSS_TERMS] + [n_seen, seconds], dtype=torch.float64)
+            dist.all_reduce_sum([totals])
+            sums, n_seen = dict(zip(LOSS_TERMS, totals[:len(LOSS_TERMS)].tolist())), int(totals[-2])
+            seconds = float(totals[-1]) / self.world
         record = dict(phase=phase, epoch=self.epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()},
                       samples_per_s=n_seen / seconds, seconds=seconds, grad_norm=float(np.median(norms)))
         return record
@@ -263,28 +331,37 @@ class Trainer:
     # mixture
 
     @torch.no_grad()
-    def encode(self, dataset, sample=False):
+    def encode(self, dataset, sample=False, *, sharded=False):
         """Mean directions mu_x (N, d) of every row on the trainer's device, or with ``sample=True`` one draw
-        z ~ q(z|x) per row (what the mixture models: p(c|z) is evaluated at samples during training)."""
+        z ~ q(z|x) per row (what the mixture models: p(c|z) is evaluated at samples during training).
+        ``sharded``: with several processes, only this rank's block ``dhvc_ext.distributed.shard_range``."""
         self.model.eval()
         out = []
-        for x in self._loader(dataset, shuffle=False):
+        for x in self._loader(dataset, shuffle=False, sharded=sharded):
             with self._autocast():
                 mu, kappa = self.model.encode(x.to(self.device, non_blocking=True))
             mu = F.normalize(mu.float(), dim=-1)
             out.append(ops.vmf_sample(mu, kappa.float()) if sample else mu)
+        if not out:  # an empty shard
+            return torch.empty((0, self.model.latent_dim), device=self.device)
         return torch.cat(out)
 
     @torch.no_grad()
     def init_mixture(self, dataset):
-        """Fit the vMF mixture to the encoded data (several restarts) and warm-start the head on p(c|mu_x)."""
-        cfg, mixture = self.config, self.model.mixture
-        mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples')
+        """Fit the vMF mixture to the encoded data (several restarts) and warm-start the head on p(c|mu_x).
+        With several processes each rank encodes its block and the fit all-reduces the EM statistics
+        (``VonMisesFisherMixture.fit(distributed=True)``): every rank gets the same mixture, the one fitted
+        to all the blocks."""
+        cfg, mixture, sharded = self.config, self.model.mixture, self.world > 1
+        mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples', sharded=sharded)
         vmfmm = VonMisesFisherMixture(cfg.n_clusters, n_init=cfg.mixture_n_init, max_iter=200, tol=1e-6,
                                       random_state=cfg.seed, device=self.device, dtype=torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=Warning)  # ConvergenceWarning after max_iter is fine here
-            vmfmm.fit(mu.double())
+            if sharded:
+                vmfmm.fit(mu.double(), distributed=True)
+            else:
+                vmfmm.fit(mu.double())
         fitted = vmfmm.mixture_
         mixture.mu_raw.copy_(fitted.mu.to(mixture.mu_raw.dtype))
         mixture.kappa_raw.copy_(_inverse_softplus((fitted.kappa - mixture.kappa_min).to(mixture.mu_raw.dtype)))
@@ -292,27 +369,40 @@ class Trainer:
         loglik = vmfmm.lower_bound_
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_warmstart_steps > 0:
-            self._warm_start_head(self.encode(dataset) if cfg.mixture_fit_on == "samples" else mu)
+            self._warm_start_head(self.encode(dataset, sharded=sharded) if cfg.mixture_fit_on == "samples" else mu)
         return loglik
 
     def _warm_start_head(self, mu):
-        """Fit the head's q(c|x) to p(c|mu_x) by cross-entropy (full batch, Adam)."""
+        """Fit the head's q(c|x) to p(c|mu_x) by cross-entropy (full batch, Adam). With several processes mu
+        is this rank's block: the loss is its share of the global mean and the gradients are summed over the
+        ranks, so every rank takes the one-process step."""
         target = self.model.mixture.log_posterior(mu).exp().detach()
-        opt = torch.optim.Adam(self.model.head.parameters(), lr=1e-2)
+        params = list(self.model.head.parameters())
+        opt = torch.optim.Adam(params, lr=1e-2)
+        n = mu.shape[0]
+        if self.world > 1:
+            count = torch.tensor([float(n)])
+            n = int(dist.all_reduce_sum([count])[0])
         for _ in range(self.config.head_warmstart_steps):
             with torch.enable_grad():
-                loss = -(target * F.log_softmax(self.model.head(mu), dim=-1)).sum(-1).mean()
+                cross = -(target * F.log_softmax(self.model.head(mu), dim=-1)).sum(-1)
+                loss = cross.mean() if self.world == 1 else cross.sum() / n
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+            if self.world > 1:
+                dist.all_reduce_sum([p.grad for p in params])
             opt.step()
 
     @torch.no_grad()
     def refresh_mixture(self, dataset):
-        """``em_iters`` EM steps of the model's mixture on the encoded data; returns the last mean loglik."""
-        mu = self.encode(dataset, sample=self.config.mixture_fit_on == "samples").to(self.model.mixture.mu_raw.dtype)
+        """``em_iters`` EM steps of the model's mixture on the encoded data; returns the last mean loglik.
+        With several processes each rank encodes its block and the steps all-reduce their statistics."""
+        sharded = self.world > 1
+        mu = self.encode(dataset, sample=self.config.mixture_fit_on == "samples", sharded=sharded)
+        mu = mu.to(self.model.mixture.mu_raw.dtype)
         loglik = math.nan
         for _ in range(self.config.em_iters):
-            loglik = self.model.mixture.em_step(mu)
+            loglik = self.model.mixture.em_step(mu, distributed=sharded)
         return loglik
 
     # ------------------------------------------------------------------------------------------------------
@@ -328,6 +418,12 @@ class Trainer:
         if cfg.n_clusters > len(dataset):
             raise ValueError(f"DHVC: n_clusters = {cfg.n_clusters} is larger than the number of samples "
                              f"{len(dataset)}")
+        if self.world > 1 and self.batch_size(len(dataset)) < self.world:
+            raise ValueError(f"DHVC: the batch size {self.batch_size(len(dataset))} (global, over all processes) is "
+                             f"smaller than the number of processes {self.world}; every rank needs a row per step")
+        if self._saved_world is not None and self._saved_world != self.world and self.epoch < cfg.total_epochs:
+            raise ValueError(f"DHVC: this run was saved by {self._saved_world} process(es) and continues exactly only "
+                             f"with as many (each holds its own random state); it is now run by {self.world}")
         epochs = range(self.epoch, cfg.total_epochs)
         if progress:
             from tqdm.auto import tqdm
@@ -348,6 +444,8 @@ class Trainer:
                 self.scheduler.step()
             self.epoch += 1
             self.history.append(record)
+            if self.world > 1:
+                self._gather_rng()
             if progress:
                 epochs.set_postfix(phase=phase, loss=f"{record['loss']:.3f}",
                                    samples_per_s=f"{record['samples_per_s']:.0f}")
@@ -363,10 +461,22 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # checkpoints
 
+    def _gather_rng(self):
+        """Every rank's random state, collected on every rank after each epoch, so that ``state_dict`` stays a
+        local call that rank 0 alone can make. Before the first epoch of a run the ranks > 0 hold the state
+        that construction seeds, which a resumed trainer's construction seeds again."""
+        cuda = self.device.type == "cuda"
+        self._rank_rng = dist.all_gather_objects(
+            (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None))
+
     def state_dict(self):
         """Everything needed to continue this run exactly: configuration, data shape, network and mixture,
         optimiser and schedule, epoch, history, and torch's random state. Only tensors, numbers, strings,
-        lists, tuples and dicts, so that ``torch.load(..., weights_only=True)`` reads it back."""
+        lists, tuples and dicts, so that ``torch.load(..., weights_only=True)`` reads it back.
+
+        With several processes it also holds ``world_size`` and every rank's random state as of the end of
+        the last epoch (``rng_ranks``, ``cuda_rng_ranks``): the network, optimiser and mixture are the same on
+        every rank, so one rank's state_dict (rank 0's, written alone) continues the run on as many ranks."""
         state = dict(
             config=dataclasses.asdict(self.config), n_features=self.n_features,
             image_shape=None if self.image_shape is None else tuple(int(s) for s in self.image_shape),
@@ -377,6 +487,14 @@ class Trainer:
         )
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if self.world > 1:
+            state["world_size"] = self.world
+        if self.world > 1 and self._rank_rng is not None:
+            state["rng_ranks"] = [cpu for cpu, _ in self._rank_rng]
+            state["rng"] = state["rng_ranks"][self.rank]
+            if self.device.type == "cuda":
+                state["cuda_rng_ranks"] = [cuda for _, cuda in self._rank_rng]
+                state["cuda_rng"] = state["cuda_rng_ranks"][self.rank]
         return state
 
     @classmethod
@@ -404,9 +522,19 @@ class Trainer:
         if state["scheduler"] is not None:
             self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, self.config.lr_step, self.config.lr_decay)
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self._saved_world = int(state.get("world_size", 1))
+        rng, cuda_rng = state["rng"], state.get("cuda_rng")
+        if self._saved_world == self.world and self.world > 1:
+            if "rng_ranks" in state:
+                cuda = state.get("cuda_rng_ranks") or [None] * self.world
+                self._rank_rng = list(zip(state["rng_ranks"], cuda))
+                rng, cuda_rng = self._rank_rng[self.rank]
+            elif self.rank > 0:
+                rng = cuda_rng = None  # saved before the first epoch: keep the state construction seeded
+        if rng is not None:
+            torch.set_rng_state(rng)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, self.device)
 
     # ------------------------------------------------------------------------------------------------------
     # prediction
