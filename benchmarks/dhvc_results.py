@@ -8,8 +8,9 @@ pretraining phase, "AE + k-means" (scikit-learn KMeans, n_init=10, on the mean d
 mixture" (``VonMisesFisherMixture``, ``mixture_n_init`` restarts), then, after joint training, "DHVC" with
 both prediction rules (argmax q(c|x), the head, and argmax p(c|mu_x), the mixture). No label is used before
 the scores are computed. The table (mean and standard deviation of ACC, NMI, ARI in % and of wall time over
-the seeds), the hardware, the throughput and the share of a training step spent in dhvc_ext ops
-(torch.profiler) go to benchmarks/results/dhvc_<data>_<date>.md, and every per-seed figure to a .json beside it.
+the seeds, and per seed), the hardware, the throughput and the share of a training step spent in dhvc_ext ops
+(torch.profiler) go to benchmarks/results/dhvc_<data>_<date>.md, and every per-epoch record to a .json beside it
+(ignored by git).
 """
 import argparse
 import dataclasses
@@ -111,6 +112,16 @@ def fmt(values, scale=100.0, digits=1):
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
 
 
+def per_seed_table(per_seed):
+    """Markdown lines: ACC / NMI / ARI (%) of every method for every seed."""
+    lines = ["Per seed (ACC / NMI / ARI, %):", "", "| method | " + " | ".join(f"seed {s['seed']}" for s in per_seed)
+             + " |", "|---|" + "---|" * len(per_seed)]
+    for method in METHODS:
+        cells = [" / ".join(f"{100 * s['rows'][method][k]:.1f}" for k in ("acc", "nmi", "ari")) for s in per_seed]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="digits", help="digits, fashion-mnist or a file path")
@@ -174,6 +185,7 @@ def main(argv=None):
         "Configuration: `" + json.dumps({k: v for k, v in config.items() if k != "seed"}) + "`",
         "",
     ]
+    lines += per_seed_table(per_seed)
     out.write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps(dict(config=config, per_seed=per_seed, op_share=share),
                                                    indent=1, default=str))
