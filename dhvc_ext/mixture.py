@@ -227,7 +227,12 @@ def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.flo
     if isinstance(X, torch.Tensor):
         z = X.detach().to(device=device, dtype=dtype)
     else:
-        z = torch.as_tensor(np.asarray(X, dtype=np.float64), device=device).to(dtype)
+        array = np.asarray(X)
+        if array.dtype not in (np.float32, np.float64):
+            array = np.asarray(array, dtype=np.float64)
+        # float32 rows go to torch as they are (widening is exact): a streamed float32 chunk computed in
+        # float32 is never copied to float64 on the way
+        z = torch.as_tensor(array, device=device).to(dtype)
     if z.dim() != 2 or z.shape[0] < 1 or z.shape[1] < 2:
         raise ValueError(f"{who}: X must be 2-D (n_samples >= 1, n_features >= 2), got shape {tuple(z.shape)}")
     if dim is not None and z.shape[1] != dim:
