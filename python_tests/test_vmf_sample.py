@@ -16,6 +16,11 @@ say how often a correct sampler would fail on an unlucky seed:
 to 1), never as 1 - mu^T z.
 """
 import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,6 +406,40 @@ def test_thread_count_and_batch_size_do_not_change_samples(d, dtype):
     assert torch.equal(a, b)
     for m in (1, 37, 1037):  # a prefix of the rows draws the same samples
         assert torch.equal(vmf_sample(loc[:m], kappa[:m], generator=generator("cpu", 3)), a[:m])
+
+
+_SCALAR_PATH_SCRIPT = """
+import math, sys, torch
+from dhvc_ext import reference
+from dhvc_ext.ops import vmf_sample
+worst = 0.0
+for d in (2, 3, 10, 64):
+    for kappa in (0.0, 1.0, 1e3):
+        loc = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(d)), dim=0)
+        z = vmf_sample(loc.float().expand(20000, d), torch.full((20000,), kappa), generator=torch.Generator().manual_seed(4))
+        t = ((z.double() - loc) ** 2).sum(-1) / 2
+        want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+        worst = max(worst, abs(t.mean().item() - want) / (t.std().item() / math.sqrt(t.numel())))
+        assert (torch.linalg.vector_norm(z.double(), dim=-1) - 1).abs().max() < 1e-6
+z = vmf_sample(torch.eye(5)[:1].expand(8, 5), torch.full((8,), 2.0), generator=torch.Generator().manual_seed(0))
+print(worst, *z.flatten().tolist())
+"""
+
+
+def test_float32_scalar_path_when_avx512_is_off():
+    # ATEN_CPU_CAPABILITY below avx512 sends float32 to the scalar sampler (the path of CPUs without AVX-512):
+    # it must also be right (mean 1 - w within 4 SE on a few cases, unit norm), and it draws other numbers.
+    root = str(Path(dhvc_ext.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    out = {}
+    for capability in ("default", "avx512"):
+        run = subprocess.run([sys.executable, "-c", _SCALAR_PATH_SCRIPT], capture_output=True, text=True, timeout=300,
+                             cwd=tempfile.gettempdir(), env={**env, "ATEN_CPU_CAPABILITY": capability})
+        assert run.returncode == 0, run.stderr[-3000:]
+        values = [float(v) for v in run.stdout.split()]
+        assert values[0] < 4, f"ATEN_CPU_CAPABILITY={capability}: mean 1 - w off by {values[0]:.1f} SE"
+        out[capability] = values[1:]
+    assert out["default"] != out["avx512"]
 
 
 # --- gradients -------------------------------------------------------------------------------------------

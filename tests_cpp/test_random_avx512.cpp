@@ -13,6 +13,7 @@
 #include "dhvc/random/philox.h"
 
 #if defined(DHVC_HAVE_AVX512_CODE)
+DHVC_AVX512_DIAGNOSTICS_PUSH
 using namespace dhvc::random;
 
 namespace {
@@ -285,6 +286,7 @@ int main() {
   test_transpose();
   return dhvc_test::failures();
 }
+DHVC_AVX512_DIAGNOSTICS_POP
 
 #else
 int main() {

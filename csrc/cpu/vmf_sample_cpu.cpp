@@ -23,6 +23,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -42,6 +44,7 @@ int64_t grain_for(int64_t d) { return std::max<int64_t>(1, 4096 / std::max<int64
 
 #if defined(DHVC_HAVE_AVX512_CODE)
 namespace avx = dhvc::random::avx512;
+DHVC_AVX512_DIAGNOSTICS_PUSH
 
 // Philox counters of the vectorised path: (c0, c1, c2, c3) = (draw, offset, row low, row high). Wood's rounds
 // use draws 0, 1, 2, ... (one block of 4 words per round); the normals use draws from 2^31 on.
@@ -184,7 +187,7 @@ DHVC_AVX512_INLINE __m512 join_ps(__m512d lo, __m512d hi) {
 }
 
 // Phase 2 for d <= 16: rows row0 .. row0 + nb - 1 (nb <= 16), one per lane. Row i's normals for its
-// coordinates 4j .. 4j + 3 are the words of Philox counter (2^31 + j, offset, i); coordinate 0's is unused.
+// coordinates 4j + 1 .. 4j + 4 are the words of Philox counter (2^31 + j, offset, i).
 DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* out, int64_t row0, int nb, int64_t d,
                                        const StreamKey& key) {
   const __mmask16 cols = static_cast<__mmask16>((1u << d) - 1);
@@ -197,11 +200,12 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
                                           _mm512_cvtepi64_epi32(rows_hi), 1);
   const __m512i sub1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(rows_lo, 32))),
                                           _mm512_cvtepi64_epi32(_mm512_srli_epi64(rows_hi, 32)), 1);
-  __m512 g[16];
-  for (int64_t j = 0; 4 * j < d; ++j) {
+  __m512 g[20];  // g[c], c = 1 .. d - 1: the tangent normals
+  for (int64_t j = 0; 4 * j + 1 < d; ++j) {
     const avx::Words16 w = avx::philox16(_mm512_set1_epi32(static_cast<int>(kNormalDraws + j)),
                                          _mm512_set1_epi32(static_cast<int>(key.offset)), sub0, sub1, key.k0, key.k1);
-    avx::normals16(w, &g[4 * j]);
+    avx::box_muller_ps(w.w0, w.w1, &g[4 * j + 1], &g[4 * j + 2]);
+    if (4 * j + 3 < d) avx::box_muller_ps(w.w2, w.w3, &g[4 * j + 3], &g[4 * j + 4]);
   }
   __m512d gg[2], gm[2], mm[2];
   for (int h = 0; h < 2; ++h) gg[h] = gm[h] = mm[h] = _mm512_setzero_pd();
@@ -229,25 +233,25 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   for (int j = 0; j < nb; ++j) _mm512_mask_storeu_ps(out + (row0 + j) * d, cols, m[j]);
 }
 
-// Phase 2 for d > 16: one row. Its normals for coordinates q0 + 16 k + l (k < 4, l < 16) are word k of
-// Philox counter (2^31 + q0 / 4 + l, offset, row), q0 = 0, 64, 128, ...; coordinate 0's is unused. The
-// normals are staged in out, then overwritten by the sample.
+// Phase 2 for d > 16: one row. Its normals for coordinates 1 + q0 + 16 k + l (k < 4, l < 16) are word k of
+// Philox counter (2^31 + q0 / 4 + l, offset, row), q0 = 0, 64, 128, ... The normals are staged in out, then
+// overwritten by the sample.
 DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_t row, int64_t d, const StreamKey& key) {
   const __m512i sub0 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(row)));
   const __m512i sub1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(static_cast<uint64_t>(row) >> 32)));
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512d gg = _mm512_setzero_pd(), gm = gg, mm = gg;
-  for (int64_t q0 = 0; q0 < d; q0 += 64) {
+  for (int64_t q0 = 0; q0 + 1 < d; q0 += 64) {
     const __m512i draw = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(kNormalDraws + q0 / 4)), lane);
     const avx::Words16 w = avx::philox16(draw, _mm512_set1_epi32(static_cast<int>(key.offset)), sub0, sub1, key.k0, key.k1);
     __m512 g[4];
-    avx::normals16(w, g);
-    for (int k = 0; k < 4 && q0 + 16 * k < d; ++k) {
-      const int64_t c = q0 + 16 * k;
+    avx::box_muller_ps(w.w0, w.w1, &g[0], &g[1]);
+    if (q0 + 33 < d) avx::box_muller_ps(w.w2, w.w3, &g[2], &g[3]);
+    for (int k = 0; k < 4 && 1 + q0 + 16 * k < d; ++k) {
+      const int64_t c = 1 + q0 + 16 * k;
       const __mmask16 valid = d - c >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (d - c)) - 1);
-      const __mmask16 tangent = c == 0 ? static_cast<__mmask16>(valid & ~1u) : valid;
-      const __m512 mv = _mm512_maskz_loadu_ps(tangent, mu + c);
-      const __m512 gv = _mm512_maskz_mov_ps(tangent, g[k]);
+      const __m512 mv = _mm512_maskz_loadu_ps(valid, mu + c);
+      const __m512 gv = _mm512_maskz_mov_ps(valid, g[k]);
       const __m512d gl = low_half_pd(gv), gh = high_half_pd(gv), ml = low_half_pd(mv), mh = high_half_pd(mv);
       gg = _mm512_fmadd_pd(gl, gl, _mm512_fmadd_pd(gh, gh, gg));
       gm = _mm512_fmadd_pd(gl, ml, _mm512_fmadd_pd(gh, mh, gm));
@@ -261,7 +265,7 @@ DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_
                            _mm512_set1_pd(_mm512_reduce_add_pd(mm)), &coef, &scale, &z0);
   const __m512 coef16 = _mm512_set1_ps(static_cast<float>(_mm512_cvtsd_f64(coef)));
   const __m512 scale16 = _mm512_set1_ps(static_cast<float>(_mm512_cvtsd_f64(scale)));
-  for (int64_t c = 0; c < d; c += 16) {
+  for (int64_t c = 1; c < d; c += 16) {
     const __mmask16 valid = d - c >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (d - c)) - 1);
     const __m512 mv = _mm512_maskz_loadu_ps(valid, mu + c);
     const __m512 gv = _mm512_maskz_loadu_ps(valid, out + c);
@@ -270,7 +274,15 @@ DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_
   out[0] = static_cast<float>(_mm512_cvtsd_f64(z0));
 }
 
-const bool kUseAvx512 = avx::cpu_has_avx512();
+// torch's own switch for its CPU kernels, ATEN_CPU_CAPABILITY (default, avx2, avx512, ...), also sends float32
+// here to the scalar sampler when it names anything below avx512 (to compare the paths, or to test the other).
+bool use_avx512() {
+  const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+  if (capability != nullptr && *capability != '\0' && std::strcmp(capability, "avx512") != 0) return false;
+  return avx::cpu_has_avx512();
+}
+
+const bool kUseAvx512 = use_avx512();
 
 void vmf_sample_float_avx512(const float* mu, const float* kappa, float* out, double* t, int64_t n, int64_t d,
                              const StreamKey& key) {
@@ -289,6 +301,7 @@ void vmf_sample_float_avx512(const float* mu, const float* kappa, float* out, do
     }
   });
 }
+DHVC_AVX512_DIAGNOSTICS_POP
 #endif  // DHVC_HAVE_AVX512_CODE
 
 std::tuple<at::Tensor, at::Tensor> vmf_sample_cpu(const at::Tensor& loc, const at::Tensor& concentration,

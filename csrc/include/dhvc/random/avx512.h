@@ -19,12 +19,18 @@
 #include "dhvc/random/philox.h"
 
 // GCC 12.1-12.2 warn that the _mm512_undefined_* placeholders inside many AVX-512 intrinsics are used
-// uninitialised once those are inlined (GCC bug 105593, fixed in 12.3); the warning is spurious.
+// uninitialised once those are inlined (GCC bug 105593, fixed in 12.3); the warning is spurious. Code that
+// calls these functions wraps itself in DHVC_AVX512_DIAGNOSTICS_PUSH / _POP as this header does.
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define DHVC_AVX512_DIAGNOSTICS_PUSH                                 \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define DHVC_AVX512_DIAGNOSTICS_POP _Pragma("GCC diagnostic pop")
+#else
+#define DHVC_AVX512_DIAGNOSTICS_PUSH
+#define DHVC_AVX512_DIAGNOSTICS_POP
 #endif
+DHVC_AVX512_DIAGNOSTICS_PUSH
 #include <immintrin.h>
 
 #define DHVC_AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,bmi2,popcnt")))
@@ -309,8 +315,6 @@ DHVC_AVX512_INLINE void transpose16(__m512 r[16]) {
 }  // namespace random
 }  // namespace dhvc
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+DHVC_AVX512_DIAGNOSTICS_POP
 
 #endif  // x86-64 with GCC or Clang
