@@ -231,8 +231,11 @@ def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.flo
         if array.dtype not in (np.float32, np.float64):
             array = np.asarray(array, dtype=np.float64)
         # float32 rows go to torch as they are (widening is exact): a streamed float32 chunk computed in
-        # float32 is never copied to float64 on the way
-        z = torch.as_tensor(array, device=device).to(dtype)
+        # float32 is never copied to float64 on the way. A read-only array (a memory map's rows) is shared,
+        # not copied: nothing here writes to it, so torch's warning about such arrays does not apply.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            z = torch.as_tensor(array, device=device).to(dtype)
     if z.dim() != 2 or z.shape[0] < 1 or z.shape[1] < 2:
         raise ValueError(f"{who}: X must be 2-D (n_samples >= 1, n_features >= 2), got shape {tuple(z.shape)}")
     if dim is not None and z.shape[1] != dim:
@@ -286,8 +289,7 @@ def _chunk_reader(X, chunk_size, who):
     if isinstance(X, np.memmap):
         if X.ndim != 2:
             raise ValueError(f"{who}: a memory-mapped X must be 2-D (n_samples, n_features), got shape {X.shape}")
-        # np.array: a writable copy of one chunk (torch warns on read-only memory maps)
-        return lambda: (np.array(X[i:i + chunk_size]) for i in range(0, X.shape[0], chunk_size))
+        return lambda: (X[i:i + chunk_size] for i in range(0, X.shape[0], chunk_size))
     if isinstance(X, (np.ndarray, torch.Tensor)):
         return None
     if callable(X):

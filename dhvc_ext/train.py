@@ -22,6 +22,13 @@ Schedule (epochs counted globally, so that a run can stop and resume at any epoc
 
 Reproducibility: ``seed`` seeds torch (network initialisation, the vMF sampler, batch order) and the mixture
 initialisation; on the CPU a run with the same seed, data and thread count gives the same result.
+Data parallelism: when a torch.distributed process group is up (``dhvc_ext.distributed.init_from_env()``
+under torchrun) the trainer is one of W ranks. Training steps go through DistributedDataParallel on the
+rank's share of each global batch (``batch_size`` is global; the shares together are the one-process
+batches), the mixture's initial fit, its EM refreshes and the head's warm start all-reduce their sums over
+the ranks' blocks of the data, so that every rank holds the same network and mixture, and the history
+records are global means. Ranks > 0 reseed their vMF noise after the network is built; ``state_dict`` holds
+every rank's random state as of the last epoch, so rank 0's checkpoint resumes exactly on as many ranks.
 Device: "auto" is CUDA when torch sees a GPU and the extension has CUDA kernels. When torch sees a GPU but
 the extension was built without CUDA, "auto" warns loudly and uses the CPU (``device="cuda"`` raises).
 """
