@@ -12,7 +12,7 @@ iteration (``--iters`` of them, tol 0, so that every size runs the same count).
 Memory, three ways: ``ru_maxrss`` (peak resident set; counts the memory map's file pages that the kernel
 holds in the page cache and may drop at any time), the peak of the anonymous resident memory RssAnon
 (sampled every 5 ms from /proc/self/status: the process's own allocations, the figure to compare with the
-data size), and both before the fit. Prints a Markdown table row and appends it to ``--results`` if given.
+data size; with ``--in-memory`` it includes the array read whole), and both before the fit. Prints a Markdown table row and appends it to ``--results`` if given.
 """
 import argparse
 import os
@@ -84,6 +84,8 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dir", default=None, help="where to write the .npy (default: a temporary directory)")
     p.add_argument("--results", default=None, help="append the Markdown row to this file")
+    p.add_argument("--in-memory", action="store_true",
+                   help="for comparison: read the whole file into memory first and fit the in-memory array")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -95,7 +97,12 @@ def main():
     write_points(path, args.n, args.d, args.k, args.chunk, seed=0)
     t_write = time.perf_counter() - t0
     X = np.load(path, mmap_mode="r")
+    if args.in_memory:
+        X = np.array(X)  # counted in the peak: the data are part of what the in-memory fit needs
+        os.remove(path)
     before_anon, before_max = rss_anon_kb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.in_memory:
+        before_anon -= X.nbytes // 1024
     est = VonMisesFisherMixture(args.k, n_init=1, max_iter=args.iters, tol=0.0, random_state=0,
                                 dtype=getattr(torch, args.dtype), chunk_size=args.chunk, init_size=args.init_size)
     import warnings
@@ -107,15 +114,16 @@ def main():
         est.fit(X)
         t_fit = time.perf_counter() - t0
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    passes = est.n_iter_ + 2 + (args.n > args.init_size)  # count/check, [sample], init M-step, iterations
+    # count/check, [sample], init M-step, iterations; in memory: k-means++ on all rows, init, iterations
+    passes = est.n_iter_ + 1 if args.in_memory else est.n_iter_ + 2 + (args.n > args.init_size)
     data_mb = args.n * args.d * 4 / 2**20
-    row = (f"| {args.n:.0e}, {args.d}, {args.k} | {args.dtype} | {args.threads} | {args.chunk} | {est.n_iter_} | "
+    row = (f"| {args.n:.0e}, {args.d}, {args.k} | {'in memory' if args.in_memory else 'memmap'} | {args.dtype} | {args.threads} | {args.chunk} | {est.n_iter_} | "
            f"{t_write:.1f} | {t_fit:.1f} | {t_fit / passes:.2f} | {args.n * passes / t_fit / 1e6:.2f} | "
            f"{data_mb:.0f} | {peak.peak / 1024:.0f} ({(peak.peak - before_anon) / 1024:+.0f}) | {max_rss / 1024:.0f} | "
            f"{est.lower_bound_:.6f} |")
-    header = ("| N, d, K | compute | threads | chunk rows | EM iters | write s | fit s | s per pass | "
+    header = ("| N, d, K | data | compute | threads | chunk rows | EM iters | write s | fit s | s per pass | "
               "M rows/s | data MB (float32) | peak anon RSS MB (over the start) | ru_maxrss MB | mean loglik |\n"
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(header)
     print(row)
     print(f"(anonymous RSS before the fit {before_anon / 1024:.0f} MB, ru_maxrss before {before_max / 1024:.0f} MB;"
