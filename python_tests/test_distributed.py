@@ -247,6 +247,15 @@ def test_two_process_training_agrees_across_ranks_and_resumes_exactly(tmp_path):
 
 
 
+def test_ranks_agree_with_a_gradient_trained_mixture_and_uneven_shares(tmp_path):
+    # the mixture in DDP's parameter set, and a global batch of 49 split 25 + 24 (the loss weighted by share)
+    (tmp_path / "config.json").write_text(json.dumps(dict(mixture_update="gradient", batch_size=49)))
+    ranks = launch("train", tmp_path)
+    assert_same(ranks[0]["model"], ranks[1]["model"], "model")
+    assert_same(ranks[0]["history"], ranks[1]["history"], "history")
+    assert ranks[0]["history"][-1]["loss"] < ranks[0]["history"][0]["loss"]
+
+
 # test_train.py's end-to-end configuration: long enough for the clusters to form, so that two runs can be
 # compared by what they find (a few epochs of a tiny network are still on the mean-image plateau).
 COMPARED = dict(n_clusters=10, hidden=(128, 128), latent_dim=8, pretrain_epochs=20, epochs=8, batch_size=64,
