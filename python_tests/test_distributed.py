@@ -317,16 +317,25 @@ def test_batch_sampler_shards_are_the_one_process_batches():
     assert blocks == [(0, 3), (3, 6), (6, 10)]
 
 
-def test_dhvc_train_under_torchrun_rank_zero_alone_writes(tmp_path):
-    out = tmp_path / "run"
+def torchrun(args, cwd, wait=True):
+    """``python -m torch.distributed.run`` (torchrun) with WORLD processes on a free local port, running
+    ``python -m dhvc_ext ARGS``; the CompletedProcess, or the Popen when not ``wait``."""
     env = environment()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-addr",
-           "127.0.0.1", "--master-port", env["MASTER_PORT"], "-m", "dhvc_ext", "train", "--data", "digits",
-           "--subset", str(N_ROWS), "--clusters", "5", "--hidden", "32", "--latent-dim", "4",
-           "--pretrain-epochs", "2", "--epochs", "2", "--batch-size", "50", "--mixture-n-init", "2",
-           "--head-warmstart-steps", "20", "--threads", "1", "--seed", "3", "--device", "cpu", "--out", str(out)]
+           "127.0.0.1", "--master-port", env["MASTER_PORT"], "-m", "dhvc_ext", *map(str, args)]
     env = {k: v for k, v in env.items() if k not in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+
+
+TRAIN_ARGS = ["train", "--data", "digits", "--subset", N_ROWS, "--clusters", 5, "--hidden", 32, "--latent-dim", 4,
+              "--mixture-n-init", 2, "--head-warmstart-steps", 20, "--threads", 1, "--seed", 3, "--device", "cpu"]
+
+
+def test_dhvc_train_under_torchrun_rank_zero_alone_writes(tmp_path):
+    out = tmp_path / "run"
+    done = torchrun(TRAIN_ARGS + ["--pretrain-epochs", 2, "--epochs", 2, "--batch-size", 50, "--out", out], tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # one summary (rank 0's) and one log line per epoch: the other rank neither printed nor wrote
     assert done.stdout.count("dhvc train:") == 1, done.stdout
@@ -337,6 +346,35 @@ def test_dhvc_train_under_torchrun_rank_zero_alone_writes(tmp_path):
     from dhvc_ext import checkpoint
     state = checkpoint.trainer_state(checkpoint.load(out / "last.pt"))
     assert state["world_size"] == WORLD and len(state["rng_ranks"]) == WORLD
+
+
+def test_dhvc_train_under_torchrun_interrupted_and_resumed_equals_uninterrupted(tmp_path):
+    import signal
+    import time
+
+    from dhvc_ext import checkpoint
+
+    args = TRAIN_ARGS + ["--pretrain-epochs", 4, "--epochs", 16, "--batch-size", 20, "--no-plots"]
+    done = torchrun(args + ["--out", tmp_path / "full"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    part = tmp_path / "part"
+    proc = torchrun(args + ["--out", part], tmp_path, wait=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (part / "log.jsonl").exists() and len((part / "log.jsonl").read_text().splitlines()) >= 6:
+            break  # inside the joint phase
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # torchrun passes it on to both ranks
+    proc.communicate(timeout=120)
+    saved = len((part / "log.jsonl").read_text().splitlines())
+    assert 6 <= saved < 20, saved
+    done = torchrun(["train", "--resume", part], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    full = checkpoint.trainer_state(checkpoint.load(tmp_path / "full" / "last.pt"))
+    resumed = checkpoint.trainer_state(checkpoint.load(part / "last.pt"))
+    assert resumed["epoch"] == full["epoch"] == 20
+    assert_same(resumed["model"], full["model"], "model")
+    assert [e["loss"] for e in resumed["history"]] == [e["loss"] for e in full["history"]]
 
 
 if __name__ == "__main__":
