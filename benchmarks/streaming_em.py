@@ -1,6 +1,6 @@
 """EM fit of a vMF mixture on synthetic points streamed from a memory-mapped .npy file, with peak memory.
 
-    python benchmarks/streaming_em.py --n 10000000 --d 64 --k 100            # issue 7's size (2.56 GB file)
+    python benchmarks/streaming_em.py --n 10000000 --d 64 --k 100            # issue 7's size (2.56e9 bytes)
     python benchmarks/streaming_em.py --n 1000000 --iters 10 --threads 1     # what fits a busy 2-core machine
 
 Writes N points in d dimensions from K well-separated vMF components to a float32 .npy file chunk by chunk
