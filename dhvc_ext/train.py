@@ -50,6 +50,10 @@ __all__ = ["TrainConfig", "Trainer", "resolve_device"]
 
 #: Rows per forward pass when encoding a whole data set (no gradient).
 ENCODE_BATCH = 4096
+#: Above this many encoded rows the mixture's initial fit streams them in chunks of MIXTURE_CHUNK rows
+#: (k-means++ on a 65536-row sample, no N x K matrix; see VonMisesFisherMixture.fit); at or below it, the
+#: in-memory fit of every result so far. With several processes the fit always streams its blocks.
+STREAM_MIXTURE_ABOVE, MIXTURE_CHUNK = 1 << 20, 65536
 
 
 @dataclasses.dataclass
@@ -358,15 +362,16 @@ class Trainer:
         """Fit the vMF mixture to the encoded data (several restarts) and warm-start the head on p(c|mu_x).
         With several processes each rank encodes its block and the fit all-reduces the EM statistics
         (``VonMisesFisherMixture.fit(distributed=True)``): every rank gets the same mixture, the one fitted
-        to all the blocks."""
+        to all the blocks. Large data (more than ``STREAM_MIXTURE_ABOVE`` rows) are fitted as a stream."""
         cfg, mixture, sharded = self.config, self.model.mixture, self.world > 1
         mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples', sharded=sharded)
         vmfmm = VonMisesFisherMixture(cfg.n_clusters, n_init=cfg.mixture_n_init, max_iter=200, tol=1e-6,
                                       random_state=cfg.seed, device=self.device, dtype=torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=Warning)  # ConvergenceWarning after max_iter is fine here
-            if sharded:
-                vmfmm.fit(mu.double(), distributed=True)
+            if sharded or mu.shape[0] > STREAM_MIXTURE_ABOVE:
+                # float64 chunk by chunk: neither a float64 copy of all the codes nor N x K matrices
+                vmfmm.fit(list(mu.split(MIXTURE_CHUNK)), distributed=sharded)
             else:
                 vmfmm.fit(mu.double())
         fitted = vmfmm.mixture_

@@ -115,3 +115,29 @@ def test_stream_input_errors(tmp_path):
     nested = X[:50].tolist()
     np.testing.assert_allclose(VonMisesFisherMixture(2, random_state=0).fit(nested).means_,
                                VonMisesFisherMixture(2, random_state=0).fit(X[:50]).means_)
+
+
+def test_dhvc_initialisation_streams_large_encodings(monkeypatch):
+    # The trainer fits the mixture to the encoded data as a stream above STREAM_MIXTURE_ABOVE rows; lowered
+    # here to 100, 400 codes go in chunks of 64, and (being under init_size) give the in-memory fit.
+    from dhvc_ext import train
+    from dhvc_ext.data import load_dataset
+
+    data = load_dataset("digits").subset(400, seed=0)
+    config = train.TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=0,
+                               batch_size=50, mixture_n_init=2, head_warmstart_steps=0, num_threads=1, seed=1)
+    in_memory = train.Trainer(config, data.n_features)
+    in_memory.fit(data)
+    monkeypatch.setattr(train, "STREAM_MIXTURE_ABOVE", 100)
+    monkeypatch.setattr(train, "MIXTURE_CHUNK", 64)
+    calls = []
+    original = VonMisesFisherMixture.fit
+    monkeypatch.setattr(VonMisesFisherMixture, "fit",
+                        lambda self, X, *a, **k: calls.append(type(X)) or original(self, X, *a, **k))
+    streamed = train.Trainer(config, data.n_features)
+    streamed.fit(data)
+    assert calls == [list]
+    a, b = in_memory.history[-1]["mixture_loglik"], streamed.history[-1]["mixture_loglik"]
+    assert abs(a - b) <= 1e-10 * abs(a)
+    for name, value in in_memory.model.mixture.state_dict().items():
+        torch.testing.assert_close(streamed.model.mixture.state_dict()[name], value, rtol=1e-5, atol=1e-6)
