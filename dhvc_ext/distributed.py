@@ -94,9 +94,11 @@ def _comm_device():
 
 
 def all_reduce_sum(tensors):
-    """Sum each tensor of the list over all ranks, in place (a no-op with one process). The sum is the same
-    bytes on every rank (ring all-reduce: each slice is reduced once, then broadcast), so ranks that apply the
-    same deterministic update to it stay identical."""
+    """Sum each tensor of the list over all ranks, in place, in float64 (a no-op with one process).
+
+    The ranks receive the same bytes (gloo's and NCCL's ring all-reduce reduce each slice once and then
+    broadcast it; DDP's gradient averaging rests on the same property), so ranks that apply the same
+    deterministic update to the sums stay identical: the 2-process tests check it bit for bit."""
     if world_size() == 1:
         return tensors
     device = _comm_device()
