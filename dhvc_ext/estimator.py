@@ -32,7 +32,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_clusters=10, latent_dim=10, *, hidden=(500, 500, 2000), arch="mlp", likelihood="auto",
-                 kappa_min=1.0, head="separate", beta=1.0, alpha=1.0, eta=1.0, lam=4.0, kl_direction="forward",
+                 kappa_min=1.0, kappa_max=1e3, head="separate", beta=1.0, alpha=1.0, eta=1.0, lam=4.0, kl_direction="forward",
                  pretrain_epochs=50, pretrain_beta=0.0, epochs=50, batch_size=None, pretrain_lr=1e-3, lr=1e-3,
                  lr_decay=0.9, lr_step=10, grad_clip=10.0, mixture_update="em", em_every=1, em_iters=5, mixture_lr_scale=0.1,
                  mixture_fit_on="samples", mixture_n_init=5, head_warmstart_steps=200, predict_with="head",
@@ -43,6 +43,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
         self.arch = arch
         self.likelihood = likelihood
         self.kappa_min = kappa_min
+        self.kappa_max = kappa_max
         self.head = head
         self.beta = beta
         self.alpha = alpha

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from dhvc_ext import distributed as dist
 from dhvc_ext import ops
-from dhvc_ext.mixture import VonMisesFisherMixture, _inverse_softplus
+from dhvc_ext.mixture import ConcentrationCapWarning, VonMisesFisherMixture, _inverse_softplus
 from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
 
 __all__ = ["TrainConfig", "Trainer", "resolve_device"]
@@ -74,6 +74,7 @@ class TrainConfig:
     arch: str = "mlp"
     likelihood: str = "auto"
     kappa_min: float = 1.0
+    kappa_max: float = 1e3
     head: str = "separate"
     beta: float = 1.0
     alpha: float = 1.0
@@ -202,7 +203,7 @@ class Trainer:
         self.n_features, self.image_shape, self.likelihood = int(n_features), image_shape, likelihood
         self.model = DHVCNet(n_features, config.n_clusters, config.latent_dim, hidden=config.hidden,
                              arch=config.arch, image_shape=image_shape, likelihood=likelihood,
-                             kappa_min=config.kappa_min, head=config.head).to(self.device)
+                             kappa_min=config.kappa_min, kappa_max=config.kappa_max, head=config.head).to(self.device)
         self.weights = config.loss_weights()
         self.pretrain_weights = dataclasses.replace(self.weights, beta=config.pretrain_beta)
         self.epoch = 0
@@ -366,7 +367,8 @@ class Trainer:
         cfg, mixture, sharded = self.config, self.model.mixture, self.world > 1
         mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples', sharded=sharded)
         vmfmm = VonMisesFisherMixture(cfg.n_clusters, n_init=cfg.mixture_n_init, max_iter=200, tol=1e-6,
-                                      random_state=cfg.seed, device=self.device, dtype=torch.float64)
+                                      kappa_max=cfg.kappa_max, random_state=cfg.seed, device=self.device,
+                                      dtype=torch.float64)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=Warning)  # ConvergenceWarning after max_iter is fine here
             if sharded or mu.shape[0] > STREAM_MIXTURE_ABOVE:
@@ -413,8 +415,11 @@ class Trainer:
         mu = self.encode(dataset, sample=self.config.mixture_fit_on == "samples", sharded=sharded)
         mu = mu.to(self.model.mixture.mu_raw.dtype)
         loglik = math.nan
-        for _ in range(self.config.em_iters):
-            loglik = self.model.mixture.em_step(mu, distributed=sharded)
+        with warnings.catch_warnings():
+            # reaching kappa_max is the cap doing its job (see DHVCNet's kappa_max), not a data problem
+            warnings.simplefilter("ignore", category=ConcentrationCapWarning)
+            for _ in range(self.config.em_iters):
+                loglik = self.model.mixture.em_step(mu, distributed=sharded)
         return loglik
 
     # ------------------------------------------------------------------------------------------------------

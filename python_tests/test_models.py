@@ -122,3 +122,13 @@ def test_network_rejects_bad_configuration(kwargs, match):
 def test_loss_weights_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         LossWeights(**kwargs)
+
+
+def test_posterior_concentration_is_capped_at_kappa_max():
+    torch.manual_seed(3)
+    model = DHVCNet(6, 3, latent_dim=4, hidden=(8,), kappa_max=50.0)
+    with torch.no_grad():
+        model.to_kappa.bias.fill_(1e4)  # an encoder that asks for kappa = 1e4
+    mu, kappa = model.encode(torch.rand(5, 6))
+    assert torch.all(kappa == 50.0)
+    assert model.mixture.kappa_max == 50.0

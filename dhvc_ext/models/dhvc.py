@@ -74,11 +74,16 @@ class DHVCNet(nn.Module):
         arch: "mlp", or "conv" for images (needs ``image_shape`` (C, H, W)).
         likelihood: "bernoulli" (inputs in [0, 1], decoder outputs logits) or "gaussian" (unit variance).
         kappa_min: lower bound of the posterior concentration (S-VAE uses 1).
+        kappa_max: upper bound of the posterior and of the mixture concentrations. Without it, the joint phase
+            can run away: the KL to the uniform prior grows only like (d-1)/2 log kappa, so the encoder may
+            collapse a cluster onto one point (kappa_x -> 1e9, z = mu_x exactly), EM then gives that component
+            kappa -> inf, p(c|z) turns into a step function whose gradient swamps the reconstruction, and
+            the clusters merge (seen on digits for some seeds, with the loss growing 4x).
         head: "separate" (a linear cluster head on mu_x) or "mixture" (q(c|x) = p(c|mu_x), no head).
     """
 
     def __init__(self, n_features, n_clusters, latent_dim=10, *, hidden=(500, 500, 2000), arch="mlp",
-                 image_shape=None, likelihood="bernoulli", kappa_min=1.0, head="separate"):
+                 image_shape=None, likelihood="bernoulli", kappa_min=1.0, kappa_max=1e3, head="separate"):
         super().__init__()
         for name, value, low in (("n_features", n_features, 1), ("n_clusters", n_clusters, 2),
                                  ("latent_dim", latent_dim, 2)):
@@ -90,10 +95,12 @@ class DHVCNet(nn.Module):
             raise ValueError(f"DHVCNet: likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
         if head not in ("separate", "mixture"):
             raise ValueError(f"DHVCNet: head must be 'separate' or 'mixture', got {head!r}")
+        if not kappa_max > kappa_min + 1:
+            raise ValueError(f"DHVCNet: kappa_max must be > kappa_min + 1, got {kappa_max!r}")
         if not kappa_min >= 0:
             raise ValueError(f"DHVCNet: kappa_min must be >= 0, got {kappa_min!r}")
         self.n_features, self.n_clusters, self.latent_dim = int(n_features), int(n_clusters), int(latent_dim)
-        self.likelihood, self.kappa_min, self.head_type = likelihood, float(kappa_min), head
+        self.likelihood, self.kappa_min, self.kappa_max, self.head_type = likelihood, float(kappa_min), float(kappa_max), head
         if arch == "conv":
             if image_shape is None or len(image_shape) != 3 or int(torch.tensor(image_shape).prod()) != n_features:
                 raise ValueError(f"DHVCNet: arch='conv' needs image_shape (C, H, W) with C*H*W = n_features = "
@@ -109,13 +116,13 @@ class DHVCNet(nn.Module):
         self.to_mu = nn.Linear(self.encoder.n_out, latent_dim)
         self.to_kappa = nn.Linear(self.encoder.n_out, 1)
         self.head = nn.Linear(latent_dim, n_clusters) if head == "separate" else None
-        self.mixture = VMFMixture(n_clusters, latent_dim, kappa_init=10.0)
+        self.mixture = VMFMixture(n_clusters, latent_dim, kappa_init=min(10.0, kappa_max / 2), kappa_max=kappa_max)
 
     def encode(self, x):
-        """x (B, D) -> (mu (B, d) unit rows, kappa (B,) >= kappa_min)."""
+        """x (B, D) -> (mu (B, d) unit rows, kappa (B,) in [kappa_min, kappa_max])."""
         h = self.encoder(x)
         mu = F.normalize(self.to_mu(h), dim=-1)
-        kappa = F.softplus(self.to_kappa(h)).squeeze(-1) + self.kappa_min
+        kappa = (F.softplus(self.to_kappa(h)).squeeze(-1) + self.kappa_min).clamp(max=self.kappa_max)
         return mu, kappa
 
     def decode(self, z):
