@@ -117,45 +117,81 @@ DHVC_AVX512_INLINE __m512d d3_inverse_cdf(__m512d kappa, __m512i ctr01) {
   return t;
 }
 
-// Phase 1: t[i] = 1 - w_i for the rows i in [begin, end), 8 lanes that refill as they accept.
+// Phase 1 state: 8 lanes working through the rows [next, end) of a range.
+struct WoodLanes {
+  __m512i rows, round;  // each lane's row and its round of the rejection loop
+  __m512d kappa;
+  __mmask8 active;
+  int64_t next, end;
+};
+
+struct WoodConstants {
+  __m512d dm1, p;
+  __m512i c1;
+  int64_t d;
+};
+
+DHVC_AVX512_INLINE void wood_start(WoodLanes* s, const float* kappa, int64_t begin, int64_t end) {
+  const int first = static_cast<int>(std::min<int64_t>(8, std::max<int64_t>(0, end - begin)));
+  s->active = static_cast<__mmask8>((1u << first) - 1);
+  s->rows = _mm512_add_epi64(_mm512_set1_epi64(begin), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+  s->round = _mm512_setzero_si512();
+  s->kappa = _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), s->active, s->rows, kappa, 4));
+  s->next = begin + first;
+  s->end = end;
+}
+
+// One round for the active lanes: propose, write t of the lanes that are done, refill them with the next
+// rows, in lane order.
+DHVC_AVX512_INLINE void wood_round(WoodLanes* s, const float* kappa, double* t_out, const WoodConstants& c,
+                                   const StreamKey& key) {
+  __m512i ctr01 = _mm512_or_si512(s->round, c.c1), ctr23 = s->rows;
+  avx::philox8(ctr01, ctr23, key.k0, key.k1);
+  __mmask8 accept = 0xff;
+  const __m512d k = s->kappa;
+  __m512d t = c.d == 3 ? d3_inverse_cdf(k, ctr01) : wood_proposal(k, ctr01, ctr23, c.dm1, c.p, &accept);
+  // kappa = +inf gives t = 0 (the sample is loc), a negative or NaN kappa gives NaN.
+  const __mmask8 valid = _mm512_cmp_pd_mask(k, _mm512_setzero_pd(), _CMP_GE_OQ);
+  const __mmask8 infinite = _mm512_cmp_pd_mask(k, _mm512_set1_pd(std::numeric_limits<double>::infinity()), _CMP_EQ_OQ);
+  t = _mm512_mask_blend_pd(static_cast<__mmask8>(~valid), t, _mm512_set1_pd(std::numeric_limits<double>::quiet_NaN()));
+  t = _mm512_mask_blend_pd(infinite, t, _mm512_setzero_pd());
+  const __mmask8 done = s->active & (accept | static_cast<__mmask8>(~valid) | infinite);
+  _mm512_mask_i64scatter_pd(t_out, done, s->rows, t, 8);
+  s->round = _mm512_add_epi64(s->round, _mm512_set1_epi64(1));
+  const int64_t left = s->end - s->next;
+  const int n_done = _mm_popcnt_u32(done);
+  __mmask8 fill = done;
+  if (n_done > left) fill = static_cast<__mmask8>(_pdep_u32((1u << left) - 1, done));
+  s->rows = _mm512_mask_expand_epi64(s->rows, fill,
+                                     _mm512_add_epi64(_mm512_set1_epi64(s->next), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)));
+  s->round = _mm512_mask_mov_epi64(s->round, fill, _mm512_setzero_si512());
+  s->kappa = _mm512_mask_mov_pd(s->kappa, fill,
+                                _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), fill, s->rows, kappa, 4)));
+  s->active = static_cast<__mmask8>((s->active & ~done) | fill);
+  s->next += std::min<int64_t>(n_done, left);
+}
+
+// Phase 1: t[i] = 1 - w_i for the rows i in [begin, end). A round is a long chain of dependent operations
+// and the next round's counters depend on its outcome, so kGroups independent sets of 8 lanes, each on its
+// own part of the rows, take their rounds in turn: the CPU overlaps their chains.
+constexpr int kGroups = 4;
+
 DHVC_AVX512_TARGET void one_minus_w_avx512(const float* kappa, double* t_out, int64_t begin, int64_t end, int64_t d,
                                            const StreamKey& key) {
-  if (begin >= end) return;
-  const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512d dm1 = _mm512_set1_pd(static_cast<double>(d - 1));
-  const __m512d p = _mm512_set1_pd(d == 2 ? std::numeric_limits<double>::infinity() : 2.0 / static_cast<double>(d - 2));
-  const __m512i c1 = _mm512_set1_epi64(static_cast<uint64_t>(key.offset) << 32);
-  const __m512d inf = _mm512_set1_pd(std::numeric_limits<double>::infinity());
-  const __m512d nan = _mm512_set1_pd(std::numeric_limits<double>::quiet_NaN());
-  const int first = static_cast<int>(std::min<int64_t>(8, end - begin));
-  __mmask8 active = static_cast<__mmask8>((1u << first) - 1);
-  __m512i rows = _mm512_add_epi64(_mm512_set1_epi64(begin), iota);
-  __m512i round = _mm512_setzero_si512();
-  __m512d k = _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), active, rows, kappa, 4));
-  int64_t next = begin + first;
-  while (active) {
-    __m512i ctr01 = _mm512_or_si512(round, c1), ctr23 = rows;
-    avx::philox8(ctr01, ctr23, key.k0, key.k1);
-    __mmask8 accept = 0xff;
-    __m512d t = d == 3 ? d3_inverse_cdf(k, ctr01) : wood_proposal(k, ctr01, ctr23, dm1, p, &accept);
-    // kappa = +inf gives t = 0 (the sample is loc), a negative or NaN kappa gives NaN.
-    const __mmask8 valid = _mm512_cmp_pd_mask(k, _mm512_setzero_pd(), _CMP_GE_OQ);
-    const __mmask8 infinite = _mm512_cmp_pd_mask(k, inf, _CMP_EQ_OQ);
-    t = _mm512_mask_blend_pd(static_cast<__mmask8>(~valid), t, nan);
-    t = _mm512_mask_blend_pd(infinite, t, _mm512_setzero_pd());
-    const __mmask8 done = active & (accept | static_cast<__mmask8>(~valid) | infinite);
-    _mm512_mask_i64scatter_pd(t_out, done, rows, t, 8);
-    round = _mm512_add_epi64(round, _mm512_set1_epi64(1));
-    // The lanes that are done take the next rows, in lane order.
-    const int64_t left = end - next;
-    const int n_done = _mm_popcnt_u32(done);
-    __mmask8 fill = done;
-    if (n_done > left) fill = static_cast<__mmask8>(_pdep_u32((1u << left) - 1, done));
-    rows = _mm512_mask_expand_epi64(rows, fill, _mm512_add_epi64(_mm512_set1_epi64(next), iota));
-    round = _mm512_mask_mov_epi64(round, fill, _mm512_setzero_si512());
-    k = _mm512_mask_mov_pd(k, fill, _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), fill, rows, kappa, 4)));
-    active = static_cast<__mmask8>((active & ~done) | fill);
-    next += std::min<int64_t>(n_done, left);
+  const WoodConstants c{_mm512_set1_pd(static_cast<double>(d - 1)),
+                        _mm512_set1_pd(d == 2 ? std::numeric_limits<double>::infinity() : 2.0 / static_cast<double>(d - 2)),
+                        _mm512_set1_epi64(static_cast<uint64_t>(key.offset) << 32), d};
+  WoodLanes s[kGroups];
+  const int64_t part = (end - begin + kGroups - 1) / kGroups;
+  for (int g = 0; g < kGroups; ++g)
+    wood_start(&s[g], kappa, std::min(end, begin + g * part), std::min(end, begin + (g + 1) * part));
+  for (;;) {
+    __mmask8 any = 0;
+    for (int g = 0; g < kGroups; ++g) {
+      if (s[g].active) wood_round(&s[g], kappa, t_out, c, key);
+      any |= s[g].active;
+    }
+    if (!any) break;
   }
 }
 
@@ -188,10 +224,15 @@ DHVC_AVX512_INLINE __m512 join_ps(__m512d lo, __m512d hi) {
 
 // Phase 2 for d <= 16: rows row0 .. row0 + nb - 1 (nb <= 16), one per lane. Row i's normals for its
 // coordinates 4j + 1 .. 4j + 4 are the words of Philox counter (2^31 + j, offset, i).
-DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* out, int64_t row0, int nb, int64_t d,
+// D is d as a template argument, so that the loops over the coordinates unroll and the 16 x D block stays in
+// registers.
+template <int D>
+DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* out, int64_t row0, int nb,
                                        const StreamKey& key) {
+  constexpr int64_t d = D;
   const __mmask16 cols = static_cast<__mmask16>((1u << d) - 1);
   __m512 m[16];
+#pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) m[j] = j < nb ? _mm512_maskz_loadu_ps(cols, mu + (row0 + j) * d) : _mm512_setzero_ps();
   avx::transpose16(m);  // m[c] = coordinate c of the 16 rows
   const __m512i rows_lo = _mm512_add_epi64(_mm512_set1_epi64(row0), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
@@ -201,6 +242,7 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   const __m512i sub1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_srli_epi64(rows_lo, 32))),
                                           _mm512_cvtepi64_epi32(_mm512_srli_epi64(rows_hi, 32)), 1);
   __m512 g[20];  // g[c], c = 1 .. d - 1: the tangent normals
+#pragma GCC unroll 16
   for (int64_t j = 0; 4 * j + 1 < d; ++j) {
     const avx::Words16 w = avx::philox16(_mm512_set1_epi32(static_cast<int>(kNormalDraws + j)),
                                          _mm512_set1_epi32(static_cast<int>(key.offset)), sub0, sub1, key.k0, key.k1);
@@ -209,6 +251,7 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   }
   __m512d gg[2], gm[2], mm[2];
   for (int h = 0; h < 2; ++h) gg[h] = gm[h] = mm[h] = _mm512_setzero_pd();
+#pragma GCC unroll 16
   for (int64_t c = 1; c < d; ++c) {
     const __m512d gh[2] = {low_half_pd(g[c]), high_half_pd(g[c])};
     const __m512d mh[2] = {low_half_pd(m[c]), high_half_pd(m[c])};
@@ -220,6 +263,7 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   }
   __m512d coef[2], scale[2], z0[2];
   const __m512d mu0[2] = {low_half_pd(m[0]), high_half_pd(m[0])};
+#pragma GCC unroll 16
   for (int h = 0; h < 2; ++h) {
     const int lanes = std::max(0, std::min(8, nb - 8 * h));
     const __m512d th = _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << lanes) - 1), t + row0 + 8 * h);
@@ -228,9 +272,22 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   const __m512 coef16 = join_ps(coef[0], coef[1]), scale16 = join_ps(scale[0], scale[1]);
   m[0] = join_ps(z0[0], z0[1]);
   // z - loc is formed from small terms first (coef and scale are O(sqrt(t))), then added to loc once.
+#pragma GCC unroll 16
   for (int64_t c = 1; c < d; ++c) m[c] = _mm512_add_ps(m[c], _mm512_fmadd_ps(coef16, m[c], _mm512_mul_ps(scale16, g[c])));
   avx::transpose16(m);
   for (int j = 0; j < nb; ++j) _mm512_mask_storeu_ps(out + (row0 + j) * d, cols, m[j]);
+}
+
+using RotateBlock = void (*)(const float*, const double*, float*, int64_t, int, const StreamKey&);
+
+RotateBlock rotate_block16_for(int64_t d) {
+  static constexpr RotateBlock table[17] = {
+      nullptr,           nullptr,           rotate_block16<2>,  rotate_block16<3>,  rotate_block16<4>,
+      rotate_block16<5>, rotate_block16<6>, rotate_block16<7>,  rotate_block16<8>,  rotate_block16<9>,
+      rotate_block16<10>, rotate_block16<11>, rotate_block16<12>, rotate_block16<13>, rotate_block16<14>,
+      rotate_block16<15>, rotate_block16<16>};
+  TORCH_INTERNAL_ASSERT(d >= 2 && d <= 16);
+  return table[d];
 }
 
 // Phase 2 for d > 16: one row. Its normals for coordinates 1 + q0 + 16 k + l (k < 4, l < 16) are word k of
@@ -293,8 +350,9 @@ void vmf_sample_float_avx512(const float* mu, const float* kappa, float* out, do
       const int64_t r1 = std::min({n, block_end * 16, r0 + kChunkRows});
       one_minus_w_avx512(kappa, t, r0, r1, d, key);
       if (d <= 16) {
+        const auto rotate = rotate_block16_for(d);
         for (int64_t row = r0; row < r1; row += 16)
-          rotate_block16(mu, t, out, row, static_cast<int>(std::min<int64_t>(16, r1 - row)), d, key);
+          rotate(mu, t, out, row, static_cast<int>(std::min<int64_t>(16, r1 - row)), key);
       } else {
         for (int64_t row = r0; row < r1; ++row) rotate_row(mu + row * d, t[row], out + row * d, row, d, key);
       }
