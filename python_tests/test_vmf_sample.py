@@ -256,6 +256,14 @@ def test_distribution(d, kappa, device, dtype):
         pytest.fail(f"d = {d}, kappa = {kappa:g}, {dtype}:\n" + "\n".join(failures))
 
 
+@pytest.mark.parametrize("kappa", [1.0, 1e3])
+@pytest.mark.parametrize("d", [16, 17, 65, 129])
+def test_distribution_where_the_float32_cpu_path_changes_layout(d, kappa, device):
+    """The same checks at the dimensions around the float32 CPU path's seams: d <= 16 is drawn 16 rows at a
+    time, d > 16 row by row with 64 normals per Philox batch (d - 1 = 64 and 128 fill whole batches)."""
+    test_distribution(d, kappa, device, torch.float32)
+
+
 @pytest.mark.parametrize("kappa", [1e6, 1e7, 1e8])
 @pytest.mark.parametrize("d", [2, 3, 10, 512])
 def test_float32_keeps_one_minus_w(d, kappa, device):
