@@ -37,8 +37,8 @@ DIMS = (3, 10, 64, 512)
 KAPPAS = (1.0, 50.0, 1e3)
 CPU_CASES = [("ours", 1), ("ours", 2), ("torch", 1), ("torch", 2), ("scipy", 1),
              ("power_spherical", 1), ("power_spherical", 2)]
-ROUNDS = {"ours": 5, "torch": 3, "scipy": 3, "power_spherical": 3}
-WARMUP = {"ours": 1, "torch": 1, "scipy": 0, "power_spherical": 1}
+ROUNDS = {"ours": 20, "torch": 5, "scipy": 3, "power_spherical": 5}
+WARMUP = {"ours": 2, "torch": 1, "scipy": 0, "power_spherical": 1}
 CUDA_ROUNDS = 20
 # SciPy's samples per call, where fewer than the others' (its O(d^2) rotation: about 6 s for 1e5 at d = 512).
 SCIPY_N = {512: 10_000}

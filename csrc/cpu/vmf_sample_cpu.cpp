@@ -271,6 +271,8 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   }
   const __m512 coef16 = join_ps(coef[0], coef[1]), scale16 = join_ps(scale[0], scale[1]);
   m[0] = join_ps(z0[0], z0[1]);
+#pragma GCC unroll 16
+  for (int64_t c = d; c < 16; ++c) m[c] = _mm512_setzero_ps();  // not stored: need not stay live until here
   // z - loc is formed from small terms first (coef and scale are O(sqrt(t))), then added to loc once.
 #pragma GCC unroll 16
   for (int64_t c = 1; c < d; ++c) m[c] = _mm512_add_ps(m[c], _mm512_fmadd_ps(coef16, m[c], _mm512_mul_ps(scale16, g[c])));
