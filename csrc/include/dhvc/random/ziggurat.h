@@ -3,7 +3,9 @@
 // 98.8% of cases, no transcendental call), which matters because a vMF sample in d dimensions needs d - 1
 // normals. The layer index comes from bits separate from the value (Doornik 2005: sharing them correlates
 // the two). GPUs keep Box-Muller (PhiloxStream::normal), whose transcendentals are cheap there, so CPU and
-// CUDA draw different (equally distributed) numbers from the same seed.
+// CUDA draw different (equally distributed) numbers from the same seed. The scalar CPU sampler uses it
+// (float64, and float32 without AVX-512); the AVX-512 float32 path vectorises Box-Muller instead
+// (random/avx512.h), which has no rejection step to break the lanes apart.
 #pragma once
 
 #include <math.h>

@@ -9,7 +9,10 @@
 // written as z = mu + Delta with Delta formed from small quantities.
 //
 // The samplers are templated on their random source (any type with uniform() and normal(), e.g.
-// random::PhiloxStream) so that the CPU and CUDA kernels run this same code.
+// random::PhiloxStream) so that the CPU and CUDA kernels run this same code. The one exception is float32
+// on a CPU with AVX-512 (csrc/cpu/vmf_sample_cpu.cpp), which vectorises the same formulas (t and the
+// acceptance test in the 1 - w form, the d = 3 inverse CDF, the sign-trick rotation written as z = mu + Delta)
+// with a cheaper draw of the symmetric Beta (Ulrich's polar form instead of two Gamma variates).
 #pragma once
 
 #include <math.h>
