@@ -423,8 +423,9 @@ from dhvc_ext.ops import vmf_sample
 worst = 0.0
 for d in (2, 3, 10, 64):
     for kappa in (0.0, 1.0, 1e3):
-        loc = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64, generator=torch.Generator().manual_seed(d)), dim=0)
-        z = vmf_sample(loc.float().expand(20000, d), torch.full((20000,), kappa), generator=torch.Generator().manual_seed(4))
+        g = torch.Generator().manual_seed(d)
+        loc = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64, generator=g), dim=0)
+        z = vmf_sample(loc.float().expand(20000, d), torch.full((20000,), kappa), generator=g.manual_seed(4))
         t = ((z.double() - loc) ** 2).sum(-1) / 2
         want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
         worst = max(worst, abs(t.mean().item() - want) / (t.std().item() / math.sqrt(t.numel())))

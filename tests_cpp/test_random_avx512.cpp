@@ -114,7 +114,9 @@ struct Log1p {
   DHVC_AVX512_TARGET __m512d operator()(__m512d x) const { return avx512::log1p_pd(x); }
 };
 struct Log1pNeg {
-  DHVC_AVX512_TARGET __m512d operator()(__m512d x) const { return avx512::log1p_pd(_mm512_sub_pd(_mm512_setzero_pd(), x)); }
+  DHVC_AVX512_TARGET __m512d operator()(__m512d x) const {
+    return avx512::log1p_pd(_mm512_sub_pd(_mm512_setzero_pd(), x));
+  }
 };
 struct Exp {
   DHVC_AVX512_TARGET __m512d operator()(__m512d x) const { return avx512::exp_pd(x); }

@@ -4,13 +4,14 @@
 // path; float64, and float32 elsewhere, take the scalar sampler of dhvc/sampling/vmf_wood.h, which the CUDA
 // kernel shares. Both draw each sample from its own Philox streams (counters that hold the row index), so
 // the result does not depend on the number of threads; the two paths draw different (equally distributed)
-// numbers.
+// numbers. ATEN_CPU_CAPABILITY set below avx512 (torch's switch for its own kernels) selects the scalar path.
 //
 // DESIGN (AVX-512, float32). The rows are cut into chunks of 1024, and each chunk is done in two phases:
-//  1. t = 1 - w of every row, 8 rows at a time in double precision (Wood's rejection loop, or d = 3's
-//     inverse CDF): a lane whose proposal is accepted writes its t and takes the next row of the chunk, so
-//     the 8 lanes stay busy however many rounds each row needs (the rows' own Philox counters carry the
-//     round number, so no row's draws depend on its neighbours'). Wood's Beta((d-1)/2, (d-1)/2) proposal is
+//  1. t = 1 - w of every row, in double precision (Wood's rejection loop, or d = 3's inverse CDF), by 4
+//     groups of 8 lanes, each group on a quarter of the chunk: a lane whose proposal is accepted writes its t
+//     and takes its group's next row, so the lanes stay busy however many rounds each row needs (the rows'
+//     own Philox counters carry the round number, so no row's draws depend on its neighbours'), and the
+//     groups' independent chains hide each other's latency. Wood's Beta((d-1)/2, (d-1)/2) proposal is
 //     drawn by Ulrich's (1984) method, one pow and one sin^2 instead of two Gamma rejection samplers.
 //  2. the tangent normals and the rotation. d <= 16: 16 rows at a time, one row per lane: the block of loc
 //     is transposed in registers, each lane draws its row's normals, the Householder sums are vertical, and
@@ -69,7 +70,8 @@ DHVC_AVX512_INLINE __m512d wood_proposal(__m512d kappa, __m512i ctr01, __m512i c
   const __m512d b = _mm512_div_pd(
       dm1, _mm512_add_pd(_mm512_sqrt_pd(_mm512_fmadd_pd(two_kappa, two_kappa, _mm512_mul_pd(dm1, dm1))), two_kappa));
   __m512d pow_u1;  // U1^p = 1 - R^2
-  const __m512d r2 = _mm512_sub_pd(_mm512_setzero_pd(), avx::expm1_pd(_mm512_mul_pd(p, avx::log_pd(avx::uniform52(ctr01))), &pow_u1));
+  const __m512d log_pow_u1 = _mm512_mul_pd(p, avx::log_pd(avx::uniform52(ctr01)));
+  const __m512d r2 = _mm512_sub_pd(_mm512_setzero_pd(), avx::expm1_pd(log_pow_u1, &pow_u1));
   const __m512d r = _mm512_sqrt_pd(r2);
   const __mmask8 swap = _mm512_test_epi64_mask(ctr23, _mm512_set1_epi64(0x80000000u));
   const __m512d x = _mm512_mul_pd(
@@ -162,11 +164,11 @@ DHVC_AVX512_INLINE void wood_round(WoodLanes* s, const float* kappa, double* t_o
   const int n_done = _mm_popcnt_u32(done);
   __mmask8 fill = done;
   if (n_done > left) fill = static_cast<__mmask8>(_pdep_u32((1u << left) - 1, done));
-  s->rows = _mm512_mask_expand_epi64(s->rows, fill,
-                                     _mm512_add_epi64(_mm512_set1_epi64(s->next), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0)));
+  const __m512i next_rows = _mm512_add_epi64(_mm512_set1_epi64(s->next), _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+  s->rows = _mm512_mask_expand_epi64(s->rows, fill, next_rows);
   s->round = _mm512_mask_mov_epi64(s->round, fill, _mm512_setzero_si512());
-  s->kappa = _mm512_mask_mov_pd(s->kappa, fill,
-                                _mm512_cvtps_pd(_mm512_mask_i64gather_ps(_mm256_setzero_ps(), fill, s->rows, kappa, 4)));
+  const __m256 new_kappa = _mm512_mask_i64gather_ps(_mm256_setzero_ps(), fill, s->rows, kappa, 4);
+  s->kappa = _mm512_mask_mov_pd(s->kappa, fill, _mm512_cvtps_pd(new_kappa));
   s->active = static_cast<__mmask8>((s->active & ~done) | fill);
   s->next += std::min<int64_t>(n_done, left);
 }
@@ -178,8 +180,8 @@ constexpr int kGroups = 4;
 
 DHVC_AVX512_TARGET void one_minus_w_avx512(const float* kappa, double* t_out, int64_t begin, int64_t end, int64_t d,
                                            const StreamKey& key) {
-  const WoodConstants c{_mm512_set1_pd(static_cast<double>(d - 1)),
-                        _mm512_set1_pd(d == 2 ? std::numeric_limits<double>::infinity() : 2.0 / static_cast<double>(d - 2)),
+  const double p = d == 2 ? std::numeric_limits<double>::infinity() : 2.0 / static_cast<double>(d - 2);
+  const WoodConstants c{_mm512_set1_pd(static_cast<double>(d - 1)), _mm512_set1_pd(p),
                         _mm512_set1_epi64(static_cast<uint64_t>(key.offset) << 32), d};
   WoodLanes s[kGroups];
   const int64_t part = (end - begin + kGroups - 1) / kGroups;
@@ -275,7 +277,9 @@ DHVC_AVX512_TARGET void rotate_block16(const float* mu, const double* t, float* 
   for (int64_t c = d; c < 16; ++c) m[c] = _mm512_setzero_ps();  // not stored: need not stay live until here
   // z - loc is formed from small terms first (coef and scale are O(sqrt(t))), then added to loc once.
 #pragma GCC unroll 16
-  for (int64_t c = 1; c < d; ++c) m[c] = _mm512_add_ps(m[c], _mm512_fmadd_ps(coef16, m[c], _mm512_mul_ps(scale16, g[c])));
+  for (int64_t c = 1; c < d; ++c) {
+    m[c] = _mm512_add_ps(m[c], _mm512_fmadd_ps(coef16, m[c], _mm512_mul_ps(scale16, g[c])));
+  }
   avx::transpose16(m);
   for (int j = 0; j < nb; ++j) _mm512_mask_storeu_ps(out + (row0 + j) * d, cols, m[j]);
 }
@@ -292,23 +296,30 @@ RotateBlock rotate_block16_for(int64_t d) {
   return table[d];
 }
 
+// The first min(count, 16) of 16 lanes.
+inline __mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
+
 // Phase 2 for d > 16: one row. Its normals for coordinates 1 + q0 + 16 k + l (k < 4, l < 16) are word k of
 // Philox counter (2^31 + q0 / 4 + l, offset, row), q0 = 0, 64, 128, ... The normals are staged in out, then
 // overwritten by the sample.
-DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_t row, int64_t d, const StreamKey& key) {
+DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_t row, int64_t d,
+                                   const StreamKey& key) {
   const __m512i sub0 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(row)));
   const __m512i sub1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(static_cast<uint64_t>(row) >> 32)));
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   __m512d gg = _mm512_setzero_pd(), gm = gg, mm = gg;
   for (int64_t q0 = 0; q0 + 1 < d; q0 += 64) {
     const __m512i draw = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(kNormalDraws + q0 / 4)), lane);
-    const avx::Words16 w = avx::philox16(draw, _mm512_set1_epi32(static_cast<int>(key.offset)), sub0, sub1, key.k0, key.k1);
+    const avx::Words16 w =
+        avx::philox16(draw, _mm512_set1_epi32(static_cast<int>(key.offset)), sub0, sub1, key.k0, key.k1);
     __m512 g[4];
     avx::box_muller_ps(w.w0, w.w1, &g[0], &g[1]);
     if (q0 + 33 < d) avx::box_muller_ps(w.w2, w.w3, &g[2], &g[3]);
     for (int k = 0; k < 4 && 1 + q0 + 16 * k < d; ++k) {
       const int64_t c = 1 + q0 + 16 * k;
-      const __mmask16 valid = d - c >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (d - c)) - 1);
+      const __mmask16 valid = first_lanes(d - c);
       const __m512 mv = _mm512_maskz_loadu_ps(valid, mu + c);
       const __m512 gv = _mm512_maskz_mov_ps(valid, g[k]);
       const __m512d gl = low_half_pd(gv), gh = high_half_pd(gv), ml = low_half_pd(mv), mh = high_half_pd(mv);
@@ -325,7 +336,7 @@ DHVC_AVX512_TARGET void rotate_row(const float* mu, double t, float* out, int64_
   const __m512 coef16 = _mm512_set1_ps(static_cast<float>(_mm512_cvtsd_f64(coef)));
   const __m512 scale16 = _mm512_set1_ps(static_cast<float>(_mm512_cvtsd_f64(scale)));
   for (int64_t c = 1; c < d; c += 16) {
-    const __mmask16 valid = d - c >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (d - c)) - 1);
+    const __mmask16 valid = first_lanes(d - c);
     const __m512 mv = _mm512_maskz_loadu_ps(valid, mu + c);
     const __m512 gv = _mm512_maskz_loadu_ps(valid, out + c);
     _mm512_mask_storeu_ps(out + c, valid, _mm512_add_ps(mv, _mm512_fmadd_ps(coef16, mv, _mm512_mul_ps(scale16, gv))));
