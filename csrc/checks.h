@@ -53,18 +53,29 @@ inline void check_vmf_sample_backward_inputs(const at::Tensor& grad, const at::T
               "_vmf_sample_backward: concentration must have loc's batch shape");
 }
 
-inline void check_vmfmm_estep_inputs(const at::Tensor& z, const at::Tensor& weighted_mu, const at::Tensor& bias) {
-  TORCH_CHECK(z.dim() == 2 && weighted_mu.dim() == 2 && bias.dim() == 1,
-              "_vmfmm_scores_log_softmax: expected z (N, d), weighted_mu (K, d), bias (K,), got ", z.sizes(), ", ",
-              weighted_mu.sizes(), ", ", bias.sizes());
-  TORCH_CHECK(z.size(1) == weighted_mu.size(1) && bias.size(0) == weighted_mu.size(0),
-              "_vmfmm_scores_log_softmax: shapes do not match: z ", z.sizes(), ", weighted_mu ", weighted_mu.sizes(),
-              ", bias ", bias.sizes());
+// The arguments of the vMF-mixture ops (_vmfmm_scores_log_softmax, _vmfmm_em_statistics), built by
+// dhvc_ext/ops/vmfmm.py: z (N, d), weighted_mu (K, d), bias (K,), one dtype, float32 or float64, one device. ``op`` names
+// the op in the messages.
+inline void check_vmfmm_inputs(const char* op, const at::Tensor& z, const at::Tensor& weighted_mu,
+                               const at::Tensor& bias) {
+  TORCH_CHECK(z.dim() == 2 && weighted_mu.dim() == 2 && bias.dim() == 1, op,
+              ": expected z (N, d), weighted_mu (K, d), bias (K,), got ", z.sizes(), ", ", weighted_mu.sizes(), ", ",
+              bias.sizes());
+  TORCH_CHECK(z.size(1) == weighted_mu.size(1) && bias.size(0) == weighted_mu.size(0), op,
+              ": shapes do not match: z ", z.sizes(), ", weighted_mu ", weighted_mu.sizes(), ", bias ", bias.sizes());
   TORCH_CHECK(z.scalar_type() == weighted_mu.scalar_type() && z.scalar_type() == bias.scalar_type() &&
                   (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
-              "_vmfmm_scores_log_softmax: expected one dtype, float32 or float64");
-  TORCH_CHECK(z.device() == weighted_mu.device() && z.device() == bias.device(),
-              "_vmfmm_scores_log_softmax: arguments must be on one device");
+              op, ": expected one dtype, float32 or float64, got ", z.scalar_type(), ", ", weighted_mu.scalar_type(),
+              ", ", bias.scalar_type());
+  TORCH_CHECK(z.device() == weighted_mu.device() && z.device() == bias.device(), op,
+              ": arguments must be on one device, got ", z.device(), ", ", weighted_mu.device(), ", ", bias.device());
+}
+
+// _vmfmm_em_statistics also needs 1 <= K < 2^31 (its per-row argmax is an int).
+inline void check_vmfmm_em_inputs(const at::Tensor& z, const at::Tensor& weighted_mu, const at::Tensor& bias) {
+  check_vmfmm_inputs("_vmfmm_em_statistics", z, weighted_mu, bias);
+  TORCH_CHECK(weighted_mu.size(0) >= 1 && weighted_mu.size(0) < (int64_t(1) << 31),
+              "_vmfmm_em_statistics: expected 1 <= K < 2^31 components, got weighted_mu ", weighted_mu.sizes());
 }
 
 }  // namespace dhvc_ext

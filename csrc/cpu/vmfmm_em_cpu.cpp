@@ -37,7 +37,7 @@
 
 #include "dhvc/kernels/vmfmm_row.h"
 #include "parallel_rows.h"
-#include "vmfmm_em_checks.h"
+#include "../checks.h"
 
 namespace dhvc_ext {
 namespace {

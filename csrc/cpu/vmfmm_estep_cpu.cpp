@@ -20,7 +20,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> vmfmm_scores_log_softmax_cpu(const at::Tensor& z, const at::Tensor& weighted_mu,
                                                                 const at::Tensor& bias) {
-  check_vmfmm_estep_inputs(z, weighted_mu, bias);
+  check_vmfmm_inputs("_vmfmm_scores_log_softmax", z, weighted_mu, bias);
   at::Tensor scores = at::addmm(bias, z, weighted_mu.t()).contiguous();
   const int64_t n = scores.size(0), k = scores.size(1);
   at::Tensor lse = at::empty({n}, scores.options());

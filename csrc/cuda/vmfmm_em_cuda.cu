@@ -22,7 +22,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "../cpu/vmfmm_em_checks.h"
+#include "../checks.h"
 #include "dhvc/kernels/vmfmm_row.h"
 
 namespace dhvc_ext {

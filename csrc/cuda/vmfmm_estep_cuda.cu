@@ -36,7 +36,7 @@ __global__ void row_log_softmax_kernel(scalar_t* __restrict__ s, scalar_t* __res
 
 std::tuple<at::Tensor, at::Tensor> vmfmm_scores_log_softmax_cuda(const at::Tensor& z, const at::Tensor& weighted_mu,
                                                                  const at::Tensor& bias) {
-  check_vmfmm_estep_inputs(z, weighted_mu, bias);
+  check_vmfmm_inputs("_vmfmm_scores_log_softmax", z, weighted_mu, bias);
   const c10::cuda::CUDAGuard guard(z.device());
   at::Tensor scores = at::addmm(bias, z, weighted_mu.t()).contiguous();
   const int64_t n = scores.size(0), k = scores.size(1);
