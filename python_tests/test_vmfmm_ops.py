@@ -83,6 +83,47 @@ def test_estep_op_opcheck_and_edges(device):
     assert torch.isfinite(lse).all() and lr[0, 0].item() == 0.0 and lr[1, 1].item() == -math.inf
 
 
+@pytest.mark.parametrize("k", [3, 100])
+def test_estep_op_blocks_with_non_finite_rows(k, dtype):
+    """Several blocks of rows (the CPU kernel works on blocks, vectorised over their rows), with rows of NaN,
+    +inf and all -inf scores in some of them: the composite's values, NaNs and infinities, row by row, and
+    the same bits whatever the number of threads."""
+    n, d = 5003, 16
+    g = torch.Generator().manual_seed(k)
+    z = torch.randn(n, d, generator=g, dtype=F64)
+    w = 20 * torch.randn(k, d, generator=g, dtype=F64)
+    bias = torch.randn(k, generator=g, dtype=F64)
+    z[17, 3] = math.nan  # a NaN row
+    z[2500] = 0.0
+    z[2500, 0] = math.inf  # +inf scores where w[:, 0] > 0, -inf where < 0
+    z, w, bias = z.to(dtype), w.to(dtype), bias.to(dtype)
+    bias_inf = bias.clone()
+    bias_inf[:] = -math.inf  # every score -inf: lse = -inf, log_resp NaN
+    op = torch.ops.dhvc_ext._vmfmm_scores_log_softmax
+    lr, lse = op(z, w, bias)
+    scores = (bias.double() + z.double() @ w.double().t())
+    ref_lse = torch.logsumexp(scores, 1)
+    ref_lr = scores - ref_lse[:, None]
+    tol = 1e-12 if dtype == F64 else 2e-3
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(lr.double(), ref_lr, rtol=tol, atol=tol, equal_nan=True)
+    assert torch.isnan(lse[17]) and torch.isnan(lr[17]).all() and lse[2500] == math.inf
+    assert torch.isfinite(lr[18]).all() and (lr[18].exp().sum() - 1).abs() < 1e-5
+    lr_inf, lse_inf = op(z[18:1500], w, bias_inf)
+    assert (lse_inf == -math.inf).all() and torch.isnan(lr_inf).all()
+    # One thread against two.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = op(z, w, bias)
+        torch.set_num_threads(2)
+        two = op(z, w, bias)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two):
+        assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)) and torch.equal(a.isnan(), b.isnan())
+
+
 def em_reference(z, mu, kappa, log_pi, hard):
     """The EM statistics by the plain float64 torch composite (the slow, obvious way): all N x K scores,
     logsumexp, exp (or the one-hot argmax), r^T z."""
@@ -117,8 +158,11 @@ def assert_em_close(got, ref, n, dtype, plain=None):
             assert err <= 2 * plain_err + 16 * torch.finfo(dtype).eps, (i, err, plain_err)
 
 
-# N = 10007: three slots of 3336 rows (blocks of 2048 + 1288) on the CPU, not a multiple of anything.
-@pytest.mark.parametrize("n, d, k", [(10007, 6, 4), (1000, 64, 37), (1, 5, 3), (777, 3, 1), (0, 4, 2)])
+# N = 10007: three slots of 3336 rows (blocks of 1504 + 1504 + 328) on the CPU, not a multiple of anything.
+# d <= 12 and K <= 32 take the CPU kernel's small products (odd d and K: the tails of its 2 x 2 tiles; d = 12,
+# K = 32: the largest), larger ones BLAS.
+@pytest.mark.parametrize("n, d, k", [(10007, 6, 4), (3001, 7, 9), (4001, 12, 32), (1000, 64, 37), (1, 5, 3),
+                                     (777, 3, 1), (0, 4, 2)])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_em_statistics_against_float64_composite(n, d, k, hard, device, dtype):
     z, mu, kappa, log_pi = mixture(n, d, k, seed=n + d, device=device, kappas=(2.0, 15.0, 60.0))

@@ -1,18 +1,20 @@
 // CPU kernel of _vmfmm_em_statistics: the vMF-mixture E-step and the M-step sums in one pass over z.
 //
 // Per block of rows (dhvc/kernels/vmfmm_row.h has the formulas):
-//   1. the products P = W z_block^T, (K, block), by one small matrix product (BLAS): transposed, so that every
-//      loop of step 2 runs over the rows of the block, contiguous, and vectorises;
+//   1. the products P = W z_block^T, (K, block), by one small matrix product (BLAS; for d <= 12 and K <= 32 the
+//      vectorised small products of dhvc/kernels/vmfmm_block.h on the block's rows transposed, see
+//      kSmallMaxD): transposed, so that every loop of step 2 runs over the rows of the block and vectorises;
 //   2. in place, column by column: the scores s = P + bias, the row maxima m (and argmaxima when hard), one
 //      exponential per score (a branch-free polynomial exp, as libm's does not vectorise), t = sum_k e in
 //      double, (soft) r = e / t with N_k += sum_n r_nk, and the block's log-likelihood sum_n m_n + log t_n;
-//   3. soft: S_k += r_block z_block by a second small product (in float32 one block of rows is summed in
-//      float32, the blocks in double); hard: N_k += 1 and S_k += z_n at the argmax, in double.
+//   3. soft: S_k += r_block z_block by a second small product, BLAS or ours (in float32 one block of rows is
+//      summed in float32, the blocks in double); hard: N_k += 1 and S_k += z_n at the argmax, in double.
 // Measured (1 thread; K = d = 10 and K = 100, d = 64): the second product beats K axpys per row into double
 // accumulators by 25-75%; the whole is 3.2-4.7x the torch composite (matmul, logsumexp, exp, r^T z) and
 // 2.3-3.2x the fused E-step op followed by exp and r^T z (benchmarks/results/vmfmm_cpu_2026-11-28.md).
-// Step 2 is compiled for AVX-512, AVX2+FMA and the baseline, picked by the CPU at load time. A block with a
-// NaN score or an infinite maximum is redone row by row by vmfmm_row (torch's NaN and inf semantics).
+// Step 2 and the small products are compiled for AVX-512, AVX2+FMA and the baseline, picked by the CPU at load
+// time. A block with a NaN score or an infinite maximum is redone row by row by vmfmm_row (torch's NaN and inf
+// semantics).
 //
 // DESIGN: the rows are cut into S contiguous ranges ("slots"); S depends on N, K and d only (at most 64, slots
 // of at least kMinSlotRows rows, at most kMaxAccumulatorBytes of accumulators), never on the number of
@@ -20,8 +22,8 @@
 // block by block in row order; threads take whole slots (parallel_rows over slot indices), and the slots
 // are summed in index order at the end. So the result is the same, bit for bit, whatever the number of
 // threads (the block products run single-threaded inside the parallel region). Memory: S (K d + K + 1)
-// doubles, and per thread a (K, block) score buffer, a (K, d) block product and 4 vectors of block values:
-// independent of N. Parallelism is at most S: N >= 64 kMinSlotRows rows use up to 64 threads.
+// doubles, and per thread a (K, block) score buffer, a (K, d) block product or the (d, block) transposed
+// rows, and 4 vectors of block values: independent of N. Parallelism is at most S: N >= 64 kMinSlotRows rows use up to 64 threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
@@ -35,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dhvc/kernels/vmfmm_block.h"
 #include "dhvc/kernels/vmfmm_row.h"
 #include "parallel_rows.h"
 #include "../checks.h"
@@ -42,13 +45,10 @@
 namespace dhvc_ext {
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-// setup.py compiles for the baseline x86-64 (SSE2); the row loops below also get AVX2+FMA and AVX-512
-// versions, chosen once by the CPU the library is loaded on (GCC function multiversioning).
-#define DHVC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DHVC_CPU_CLONES
-#endif
+using dhvc::kernels::Block;
+using dhvc::kernels::block_scores;
+template <typename T>
+using Index = dhvc::kernels::BlockIndex<T>;
 
 constexpr int64_t kMaxSlots = 64;
 constexpr int64_t kMinSlotRows = 4096;
@@ -59,6 +59,12 @@ constexpr int64_t kLanes = 8;  // independent partial sums, so that the sums ove
 // 100: 1024 rows are 3-10% slower than 2048, 4096 no faster.
 int64_t block_rows(int64_t k) { return std::clamp<int64_t>((int64_t(1) << 18) / k, 16, 2048); }
 
+// The small products replace BLAS for d <= 12 and K <= 32 (measured, 1 thread, per 2048 rows, float64: 28 us
+// against 41 at d = K = 10, 6 against 12 at d = 3, K = 4, 48 against 85 at d = 8, K = 32; at d = K = 16 BLAS
+// is faster), on blocks of 1504 rows (a multiple of 32, and not of 512: rows of 2048 values, 16 KiB apart in
+// float64, share cache sets and made the transposition 2-3x slower).
+constexpr int64_t kSmallMaxD = 12, kSmallMaxK = 32, kSmallBlockRows = 1504;
+
 int64_t slot_count(int64_t n, int64_t k, int64_t d) {
   if (n == 0) return 0;
   const int64_t slot_bytes = (k * d + k + 1) * static_cast<int64_t>(sizeof(double));
@@ -67,72 +73,13 @@ int64_t slot_count(int64_t n, int64_t k, int64_t d) {
   return std::min({kMaxSlots, by_rows, by_memory});
 }
 
-// Argmax indices as wide as T, so that the compare-and-select over rows vectorises (K < 2^31 is checked).
-template <typename T>
-using Index = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
-
-// One block of nb rows. s: (K, nb) row-major, the products kappa_k mu_k^T z_n on entry; the scores, then
-// (soft) the responsibilities on exit. Scratch of nb entries: m, t, inv, arg.
-template <typename T>
-struct Block {
-  T* s;
-  const T* bias;
-  int64_t nb, k;
-  T* m;
-  double* t;
-  double* inv;
-  Index<T>* arg;
-};
-
-// The scores, their maxima and argmaxima, column by column (each loop runs over the rows of the block, and
-// vectorises). Returns false if a score is NaN or a maximum is infinite: the caller then redoes the block
-// row by row with dhvc::kernels::vmfmm_row.
-template <typename T, bool Hard>
-DHVC_ROW_INLINE bool block_scores(const Block<T>& b) {
-  const int64_t nb = b.nb;
-  int nan = 0;
-  for (int64_t i = 0; i < nb; ++i) {
-    const T v = b.s[i] + b.bias[0];
-    b.s[i] = v;
-    b.m[i] = v;
-    nan |= v != v;
-  }
-  if (Hard) {
-    for (int64_t i = 0; i < nb; ++i) b.arg[i] = 0;
-  }
-  for (int64_t j = 1; j < b.k; ++j) {
-    T* sj = b.s + j * nb;
-    const T bj = b.bias[j];
-    for (int64_t i = 0; i < nb; ++i) {
-      const T v = sj[i] + bj;
-      sj[i] = v;
-      nan |= v != v;
-      // Selects, not branches: a branch on v > m mispredicts on every other row of unclustered data.
-      const bool greater = v > b.m[i];
-      if (Hard) b.arg[i] = greater ? static_cast<Index<T>>(j) : b.arg[i];
-      b.m[i] = greater ? v : b.m[i];
-    }
-  }
-  int bad = nan;
-  for (int64_t i = 0; i < nb; ++i) bad |= !(b.m[i] > -INFINITY && b.m[i] < INFINITY);
-  return bad == 0;
-}
-
 // e = exp(s - m) (in place when soft), t = sum_k e in double, and (soft) r = e / t in place with the counts
 // N_k += sum_n r_nk. Returns the block's log-likelihood sum_n (m_n + log t_n): the m_n summed in lanes, the
 // log t_n as the logarithm of their product, taken whenever the product passes 2^900 (t <= K).
 template <typename T, bool Hard>
 DHVC_ROW_INLINE double block_responsibilities(const Block<T>& b, double* counts) {
   const int64_t nb = b.nb, k = b.k;
-  for (int64_t i = 0; i < nb; ++i) b.t[i] = 0.0;
-  for (int64_t j = 0; j < k; ++j) {
-    T* sj = b.s + j * nb;
-    for (int64_t i = 0; i < nb; ++i) {
-      const T e = dhvc::kernels::vmfmm_exp_nonpositive(static_cast<T>(sj[i] - b.m[i]));
-      if (!Hard) sj[i] = e;
-      b.t[i] += static_cast<double>(e);
-    }
-  }
+  dhvc::kernels::block_exp_sums<T, !Hard>(b);
   const int64_t full = nb - nb % kLanes;
   if (!Hard) {
     for (int64_t i = 0; i < nb; ++i) b.inv[i] = 1.0 / b.t[i];
@@ -232,11 +179,57 @@ double block_pass_any(const Block<double>& b, bool hard, const double* z, int64_
   return block_pass_f64(b, hard, z, zs, d, counts, sums);
 }
 
-// Per-thread scratch: the (K, block) scores, the per-row m, t, 1/t, argmax, and the (K, d) block product.
+// The small products (dhvc/kernels/vmfmm_block.h), in multiversioned functions: the block's rows transposed
+// into zt and the products into s; then (soft) sums += r zt^T.
+template <typename T>
+DHVC_ROW_INLINE void small_scores(const T* z, int64_t zs, int64_t nb, int64_t d, int64_t k, const T* w, T* zt, T* s) {
+  dhvc::kernels::block_transpose(z, zs, nb, d, zt);
+  dhvc::kernels::block_product_scores(w, zt, nb, d, k, s);
+}
+
+DHVC_CPU_CLONES void small_scores_f32(const float* z, int64_t zs, int64_t nb, int64_t d, int64_t k, const float* w,
+                                      float* zt, float* s) {
+  small_scores(z, zs, nb, d, k, w, zt, s);
+}
+
+DHVC_CPU_CLONES void small_scores_f64(const double* z, int64_t zs, int64_t nb, int64_t d, int64_t k, const double* w,
+                                      double* zt, double* s) {
+  small_scores(z, zs, nb, d, k, w, zt, s);
+}
+
+DHVC_CPU_CLONES void small_sums_f32(const float* r, const float* zt, int64_t nb, int64_t d, int64_t k, double* sums) {
+  dhvc::kernels::block_product_sums(r, zt, nb, d, k, sums);
+}
+
+DHVC_CPU_CLONES void small_sums_f64(const double* r, const double* zt, int64_t nb, int64_t d, int64_t k,
+                                    double* sums) {
+  dhvc::kernels::block_product_sums(r, zt, nb, d, k, sums);
+}
+
+void small_scores_any(const float* z, int64_t zs, int64_t nb, int64_t d, int64_t k, const float* w, float* zt,
+                      float* s) {
+  small_scores_f32(z, zs, nb, d, k, w, zt, s);
+}
+
+void small_scores_any(const double* z, int64_t zs, int64_t nb, int64_t d, int64_t k, const double* w, double* zt,
+                      double* s) {
+  small_scores_f64(z, zs, nb, d, k, w, zt, s);
+}
+
+void small_sums_any(const float* r, const float* zt, int64_t nb, int64_t d, int64_t k, double* sums) {
+  small_sums_f32(r, zt, nb, d, k, sums);
+}
+
+void small_sums_any(const double* r, const double* zt, int64_t nb, int64_t d, int64_t k, double* sums) {
+  small_sums_f64(r, zt, nb, d, k, sums);
+}
+
+// Per-thread scratch: the (K, block) scores, the per-row m, t, 1/t, argmax, the (K, d) block product (BLAS,
+// float32) or the (d, block) transposed rows (small products).
 template <typename T>
 struct Scratch {
   at::Tensor scores, part;
-  std::vector<T> m;
+  std::vector<T> m, zt;
   std::vector<double> t, inv;
   std::vector<Index<T>> arg;
 };
@@ -255,11 +248,18 @@ void accumulate_rows(const at::Tensor& z, const at::Tensor& w, const T* bias, in
     const int64_t nb = std::min(block, end - b0);
     at::Tensor zb = z.narrow(0, b0, nb);
     at::Tensor sb = scratch.scores.narrow(0, 0, k * nb).view({k, nb});
-    at::cpu::mm_out(sb, w, zb.t());
+    const bool small = !scratch.zt.empty();
+    if (small) {
+      small_scores_any(zb.data_ptr<T>(), zs, nb, d, k, w.data_ptr<T>(), scratch.zt.data(), sb.data_ptr<T>());
+    } else {
+      at::cpu::mm_out(sb, w, zb.t());
+    }
     const Block<T> b{sb.data_ptr<T>(), bias, nb, k, scratch.m.data(), scratch.t.data(), scratch.inv.data(),
                      scratch.arg.data()};
     loglik += block_pass_any(b, hard, zb.data_ptr<T>(), zs, d, counts, sums);
-    if (!hard) {
+    if (!hard && small) {
+      small_sums_any(sb.data_ptr<T>(), scratch.zt.data(), nb, d, k, sums);
+    } else if (!hard) {
       if constexpr (std::is_same_v<T, double>) {
         at::cpu::addmm_out(sums_t, sums_t, sb, zb);
       } else {
@@ -286,15 +286,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vmfmm_em_statistics_cpu(const at:
   const int64_t slots = slot_count(n, k, d);
   const int64_t slot_rows = slots > 0 ? (n + slots - 1) / slots : 0;
   const int64_t width = k + k * d + 1;
+  const bool small = d <= kSmallMaxD && k <= kSmallMaxK;
   const auto f64 = z.options().dtype(at::kDouble);
   at::Tensor acc = at::zeros({std::max<int64_t>(slots, 1), width}, f64);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "vmfmm_em_statistics_cpu", [&] {
     const scalar_t* b = bias.data_ptr<scalar_t>();
     parallel_rows(slots, 1, [&](int64_t first, int64_t last) {
-      const int64_t block = std::min(block_rows(k), slot_rows);
+      const int64_t block = std::min(small ? kSmallBlockRows : block_rows(k), slot_rows);
       Scratch<scalar_t> scratch;
       scratch.scores = at::empty({k * block}, z.options());
-      if (!hard && !std::is_same_v<scalar_t, double>) scratch.part = at::empty({k, d}, z.options());
+      if (small) {
+        scratch.zt.resize(d * block);
+      } else if (!hard && !std::is_same_v<scalar_t, double>) {
+        scratch.part = at::empty({k, d}, z.options());
+      }
       scratch.m.resize(block);
       scratch.t.resize(block);
       scratch.inv.resize(block);
