@@ -182,9 +182,13 @@ class VMFMixture(torch.nn.Module):
         n_k, s_k = n_k.to(torch.float64), s_k.to(torch.float64)
         norm = torch.linalg.vector_norm(s_k, dim=-1)
         empty = (n_k < EMPTY_FRACTION * n) | (norm == 0)
-        safe_n = torch.where(empty, torch.ones_like(n_k), n_k)
-        rbar = (norm / safe_n).clamp(0.0, 1.0)
-        kappa = ops.vmf_kappa_mle(self.dim, torch.where(empty, torch.zeros_like(rbar), rbar))
+        reseed = bool(empty.any())
+        if reseed:
+            n_k = torch.where(empty, torch.ones_like(n_k), n_k)
+            norm = torch.where(empty, torch.ones_like(norm), norm)
+        # Where a component is empty, rbar = |S_k| / 1 is replaced by 0 (its kappa is re-seeded below).
+        rbar = (norm / n_k).clamp(0.0, 1.0)
+        kappa = ops.vmf_kappa_mle(self.dim, torch.where(empty, torch.zeros_like(rbar), rbar) if reseed else rbar)
         over = ~empty & ~(kappa <= self.kappa_max)
         if bool(over.any()):
             warnings.warn(
@@ -192,9 +196,9 @@ class VMFMixture(torch.nn.Module):
                 f"{rbar[over].tolist()} (-> 1: their points coincide); kappa capped at kappa_max = {self.kappa_max:g}",
                 ConcentrationCapWarning, stacklevel=3)
             kappa = torch.where(over, torch.full_like(kappa, self.kappa_max), kappa)
-        mu = s_k / torch.where(empty, torch.ones_like(norm), norm)[:, None]
+        mu = s_k / norm[:, None]
         pi = n_k / n
-        if bool(empty.any()):
+        if reseed:
             # Re-seed at random data points, with the median concentration of the others and a weight of one
             # point: EM can then pull it towards whatever it explains, instead of dividing 0 by 0.
             idx = empty.nonzero().flatten()
@@ -205,11 +209,12 @@ class VMFMixture(torch.nn.Module):
             kappa[idx] = kappa[~empty].median() if bool((~empty).any()) else max(1.0, self.kappa_min + 1.0)
             pi[idx] = 1.0 / n
             pi = pi / pi.sum()
-        kappa = kappa.clamp_min(self.kappa_min)
-        self.mu_raw.copy_(mu.to(dtype))
-        self.kappa_raw.copy_(_inverse_softplus((kappa - self.kappa_min).to(dtype)))
-        self.logits.copy_(torch.log(pi).to(dtype))
-        return bool(empty.any())
+        if self.kappa_min > 0:
+            kappa = kappa.clamp_min(self.kappa_min) - self.kappa_min
+        self.mu_raw.copy_(mu)
+        self.kappa_raw.copy_(_inverse_softplus(kappa.to(dtype)))
+        self.logits.copy_(torch.log(pi))
+        return reseed
 
     def sample(self, n, generator=None):
         """n draws: (z (n, d), labels (n,) int64). Labels ~ Categorical(pi), then z ~ vMF(mu_label, kappa_label)
@@ -240,10 +245,12 @@ def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.flo
         raise ValueError(f"{who}: X must be 2-D (n_samples >= 1, n_features >= 2), got shape {tuple(z.shape)}")
     if dim is not None and z.shape[1] != dim:
         raise ValueError(f"{who}: X has {z.shape[1]} features, but the estimator was fitted with {dim}")
-    finite = torch.isfinite(z).all(dim=1)
-    if not bool(finite.all()):
-        raise ValueError(f"{who}: X contains NaN or infinity (row {int((~finite).nonzero()[0])})")
     norm = torch.linalg.vector_norm(z, dim=1)
+    # A NaN or infinite entry makes its row's norm NaN or infinite: the full check only runs then.
+    if not bool(torch.isfinite(norm).all()):
+        finite = torch.isfinite(z).all(dim=1)
+        if not bool(finite.all()):
+            raise ValueError(f"{who}: X contains NaN or infinity (row {int((~finite).nonzero()[0])})")
     if normalize:
         if bool((norm == 0).any()):
             raise ValueError(f"{who}: row {int((norm == 0).nonzero()[0])} of X is zero and has no direction")
@@ -272,15 +279,29 @@ def _spherical_kmeans_pp(z, k, generator):
     idx = [int(torch.randint(n, (1,), generator=generator, device=generator.device))]
     best = z @ z[idx[0]]
     for _ in range(1, k):
-        weight = (1 - best).clamp_min(0)
+        weight = (1 - best).clamp_min_(0)
         if not bool(weight.sum() > 0):  # every row sits on a centre: any choice is as good
             weight = torch.ones_like(weight)
         cand = torch.multinomial(weight.to(generator.device), trials, replacement=True, generator=generator).to(z.device)
-        closest = torch.maximum(best[None, :], z[cand] @ z.T)  # (trials, N)
-        pick = int((1 - closest).sum(dim=1).argmin())
+        closest = z[cand] @ z.T  # (trials, N)
+        torch.maximum(closest, best, out=closest)
+        # The smallest potential sum_n (1 - closest) is the largest sum_n closest.
+        pick = int(closest.sum(dim=1).argmax())
         idx.append(int(cand[pick]))
         best = closest[pick]
     return z[idx]
+
+
+def _closest_centre_sums(z, centres):
+    """The hard-label sums of the rows of z (N, d) labelled by their closest centre (largest cosine, ties to
+    the lowest index) among centres (K, d): (N_k (K,), S_k (K, d)), float64. The hard E-step of the fused
+    statistics op with kappa = 1 and log pi = -log C_d(1): its scores are the cosines, shifted by a bias that
+    is 0 in float64 and the same for every centre in float32."""
+    k, d = centres.shape
+    kappa = torch.ones(k, dtype=torch.float64, device=z.device)
+    log_pi = -ops.vmf_log_normalizer(d, kappa)
+    n_k, s_k, _ = ops.vmfmm_em_statistics(z, centres.to(z.dtype), kappa.to(z.dtype), log_pi.to(z.dtype), hard=True)
+    return n_k.to(torch.float64), s_k.to(torch.float64)
 
 
 def _chunk_reader(X, chunk_size, who):
@@ -379,18 +400,6 @@ class VonMisesFisherMixture(BaseEstimator):
         dim = self.means_.shape[1] if fitted else None
         return _as_unit_rows(X, type(self).__name__, dim, self.normalize, self.device, self.dtype)
 
-    def _init_mixture(self, z, generator):
-        k, (n, d) = self.n_components, z.shape
-        model = VMFMixture(k, d, kappa_max=self.kappa_max, generator=generator, device=z.device, dtype=z.dtype)
-        if self.init == "k-means++":
-            centres = _spherical_kmeans_pp(z, k, generator)
-        else:
-            centres = z[torch.randperm(n, generator=generator, device=generator.device)[:k].to(z.device)]
-        labels = (z @ centres.T).argmax(dim=1)
-        resp = F.one_hot(labels, k).to(z.dtype)
-        model._m_step(z, resp.sum(0), resp.T @ z, generator)
-        return model
-
     def fit(self, X, y=None, *, distributed=False):
         """Fit the mixture to X. Returns self.
 
@@ -419,7 +428,7 @@ class VonMisesFisherMixture(BaseEstimator):
             best = None
             for _ in range(self.n_init):
                 generator = _torch_generator(rng, z.device)
-                model = self._init_mixture(z, generator)
+                model = self._init_mixture(z, lambda: [z], z.shape[0], generator)
                 lower_bound, converged, n_iter = -math.inf, False, 0
                 for n_iter in range(1, self.max_iter + 1):
                     previous = lower_bound
@@ -498,7 +507,7 @@ class VonMisesFisherMixture(BaseEstimator):
         best = None
         for _ in range(self.n_init):
             generator = _torch_generator(rng, sample.device)
-            model = self._init_mixture_stream(sample, chunks, n, generator, reduce)
+            model = self._init_mixture(sample, chunks, n, generator, reduce)
             lower_bound, converged, n_iter = -math.inf, False, 0
             for n_iter in range(1, self.max_iter + 1):
                 previous = lower_bound
@@ -544,9 +553,11 @@ class VonMisesFisherMixture(BaseEstimator):
         position = torch.argsort(order)
         return rows[position.to(rows.device)], keys[position].to(rows.device)
 
-    def _init_mixture_stream(self, sample, chunks, n, generator, reduce):
-        """``_init_mixture`` with the centres drawn from ``sample`` and the hard-label M-step summed over the
-        stream: the same numbers as in memory when the sample is all the data."""
+    def _init_mixture(self, sample, chunks, n, generator, reduce=None):
+        """The initial mixture: K centres drawn from ``sample`` (M, d) (k-means++, or K distinct random rows),
+        the rows of every chunk that ``chunks()`` yields labelled by their closest centre, and one M-step from
+        these hard labels (the sums over the chunks combined by ``reduce``, if given); n rows in all. In memory,
+        ``sample`` is all the data and ``chunks()`` yields it as one chunk."""
         k, d = self.n_components, sample.shape[1]
         model = VMFMixture(k, d, kappa_max=self.kappa_max, generator=generator, device=sample.device,
                            dtype=sample.dtype)
@@ -555,13 +566,15 @@ class VonMisesFisherMixture(BaseEstimator):
         else:
             m = sample.shape[0]
             centres = sample[torch.randperm(m, generator=generator, device=generator.device)[:k].to(sample.device)]
-        n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
-        s_k = torch.zeros(k, d, dtype=torch.float64, device=sample.device)
+        n_k = s_k = None
         for z in chunks():
-            labels = (z @ centres.T).argmax(dim=1)
-            n_k += torch.bincount(labels, minlength=k).to(torch.float64)
-            s_k.index_add_(0, labels, z.to(torch.float64))
-        reduce([n_k, s_k])
+            counts, sums = _closest_centre_sums(z, centres)
+            n_k, s_k = (counts, sums) if n_k is None else (n_k + counts, s_k + sums)
+        if n_k is None:  # this rank's shard is empty
+            n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
+            s_k = torch.zeros(k, d, dtype=torch.float64, device=sample.device)
+        if reduce is not None:
+            reduce([n_k, s_k])
         model._m_step(sample, n_k, s_k, generator, n=n)
         return model
 
