@@ -23,7 +23,8 @@
 // are summed in index order at the end. So the result is the same, bit for bit, whatever the number of
 // threads (the block products run single-threaded inside the parallel region). Memory: S (K d + K + 1)
 // doubles, and per thread a (K, block) score buffer, a (K, d) block product or the (d, block) transposed
-// rows, and 4 vectors of block values: independent of N. Parallelism is at most S: N >= 64 kMinSlotRows rows use up to 64 threads.
+// rows, and 4 vectors of block values: independent of N. Parallelism is at most S: N >= 64 kMinSlotRows rows
+// use up to 64 threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/LegacyTypeDispatch.h>
