@@ -9,13 +9,15 @@
   (matmul, logsumexp, exp, r^T z) and against what the op replaced ("previous": our fused E-step op, then
   exp and r^T z in torch); n_elements = N.
 - EM fit: 20 iterations of our estimator against the NumPy reference EM, with scikit-learn's KMeans as a
-  point of reference; n_elements = N x iterations.
+  point of reference; n_elements = N x iterations. All three on 1 thread: torch's, and (threadpoolctl) the
+  BLAS and OpenMP pools of NumPy and scikit-learn, so that no BLAS thread competes with another process.
 """
 
 import numpy as np
 import pytest
 import torch
 from conftest import torch_threads
+from threadpoolctl import threadpool_limits
 
 SHAPES = [(1_000_000, 10, 10), (200_000, 64, 100), (100_000, 512, 10)]
 
@@ -107,9 +109,10 @@ def test_em_statistics(benchmark, ops, n, d, k, impl):
 EM_N, EM_D, EM_K, EM_ITERS = 20_000, 10, 10, 20
 
 
-@pytest.fixture(scope="module")
-def em_data(ops):
+def _em_data():
     """20000 points of a 10-component vMF mixture on S^9 (float64), and an initialisation for the reference."""
+    from dhvc_ext import ops
+
     g = torch.Generator().manual_seed(1)
     means = torch.nn.functional.normalize(torch.randn(EM_K, EM_D, generator=g, dtype=torch.float64), dim=1)
     labels = torch.randint(0, EM_K, (EM_N,), generator=g)
@@ -119,30 +122,67 @@ def em_data(ops):
     return x, init
 
 
-@pytest.mark.parametrize("impl", ["ours", "numpy", "sklearn_kmeans"])
-def test_em_fit(benchmark, em_data, impl):
-    """20 EM iterations on N = 20000, d = 10, K = 10 (float64, 1 thread): ours (the estimator, k-means++ start
-    included) against the plain NumPy/SciPy EM of dhvc_ext.reference from a random start, with scikit-learn's
-    KMeans (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
+def _em_fits(x, init):
+    """The three fits of the EM fit group, by name."""
     from sklearn.cluster import KMeans
 
     from dhvc_ext import reference
     from dhvc_ext.mixture import VonMisesFisherMixture
 
-    x, init = em_data
-    xn = x.numpy()
-    benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} cpu"
-    benchmark.extra_info.update(n_elements=EM_N * EM_ITERS)
-    if impl == "ours":
-        def fit():
-            return VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(x)
-    elif impl == "numpy":
-        kappa0, pi0 = np.full(EM_K, 10.0), np.full(EM_K, 1.0 / EM_K)
+    xn, init_n = x.numpy(), init.numpy()
+    kappa0, pi0 = np.full(EM_K, 10.0), np.full(EM_K, 1.0 / EM_K)
+    return {
+        "ours": lambda: VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(x),
+        "numpy": lambda: reference.vmfmm_em_numpy(xn, init_n, kappa0, pi0, EM_ITERS),
+        "sklearn_kmeans": lambda: KMeans(EM_K, n_init=1, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(xn),
+    }
 
-        def fit():
-            return reference.vmfmm_em_numpy(xn, init.numpy(), kappa0, pi0, EM_ITERS)
-    else:
-        def fit():
-            return KMeans(EM_K, n_init=1, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(xn)
-    with torch_threads(1):
-        benchmark.pedantic(fit, rounds=3, iterations=1, warmup_rounds=1)
+
+@pytest.fixture(scope="module")
+def em_data(ops):
+    return _em_data()
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("impl", ["ours", "numpy", "sklearn_kmeans"])
+def test_em_fit(benchmark, em_data, impl):
+    """20 EM iterations on N = 20000, d = 10, K = 10 (float64, 1 thread): ours (the estimator, k-means++ start
+    included) against the plain NumPy/SciPy EM of dhvc_ext.reference from a random start, with scikit-learn's
+    KMeans (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
+    fit = _em_fits(*em_data)[impl]
+    benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} cpu"
+    benchmark.extra_info.update(n_elements=EM_N * EM_ITERS, threads=1)
+    with torch_threads(1), threadpool_limits(1):
+        benchmark.pedantic(fit, rounds=5, iterations=1, warmup_rounds=1)
+
+
+def em_fit_pairs(rounds=40):
+    """The EM fit group as interleaved rounds (ours, NumPy, KMeans, ours, ...), 1 thread each: on a machine
+    that other work shares, the pairwise ratios are steadier than ratios of separately timed groups (the
+    NumPy EM, which streams N x K temporaries through memory, slows most when a neighbour loads the caches).
+    Prints medians, quartiles and the median pairwise ratio. Run: python benchmarks/test_bench_vmfmm.py"""
+    import time
+    import warnings
+
+    fits = _em_fits(*_em_data())
+    times = {name: [] for name in fits}
+    with torch_threads(1), threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for fit in fits.values():
+            fit()
+        for _ in range(rounds):
+            for name, fit in fits.items():
+                start = time.perf_counter()
+                fit()
+                times[name].append(1e3 * (time.perf_counter() - start))
+    times = {name: np.array(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name}: median {np.median(t):.1f} ms, quartiles {np.percentile(t, 25):.1f}-{np.percentile(t, 75):.1f}, "
+              f"min {t.min():.1f}")
+    ratio = times["numpy"] / times["ours"]
+    print(f"numpy / ours, pairwise: median {np.median(ratio):.2f}x, quartiles {np.percentile(ratio, 25):.2f}-"
+          f"{np.percentile(ratio, 75):.2f}x, min / min {times['numpy'].min() / times['ours'].min():.2f}x")
+
+
+if __name__ == "__main__":
+    em_fit_pairs()
