@@ -18,7 +18,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
 from dhvc_ext.mixture import (ConcentrationCapWarning, SphericalKMeans, VMFMixture, VonMisesFisherMixture,
-                              _inverse_softplus)
+                              _closest_centre_sums, _inverse_softplus)
 from dhvc_ext.ops import vmf_sample
 from dhvc_ext.reference import vmf_log_normalizer_ive, vmfmm_em_numpy
 
@@ -272,6 +272,31 @@ def test_large_kappa_and_dimension_stay_finite(d):
 
 # ---------------------------------------------------------------------------------------------------------
 # SphericalKMeans
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closest_centre_sums_are_the_argmax_labels(dtype):
+    """The initialisation's hard-label sums (the fused hard statistics op with the cosines as scores) equal the
+    sums over the labels argmax_k mu_k^T z, on data where two centres are 1e-3 apart (many close calls)."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.nn.functional.normalize(torch.randn(5000, 6, generator=g, dtype=torch.float64), dim=1)
+    centres = torch.nn.functional.normalize(torch.randn(7, 6, generator=g, dtype=torch.float64), dim=1)
+    centres[5] = torch.nn.functional.normalize(centres[2] + 1e-3 * torch.randn(6, generator=g, dtype=torch.float64),
+                                               dim=0)
+    z, centres = z.to(dtype), centres.to(dtype)
+    n_k, s_k = _closest_centre_sums(z, centres)
+    cos = z.double() @ centres.double().T
+    labels = cos.argmax(dim=1)
+    # Rows whose two best cosines are closer than the dtype's rounding may go either way.
+    top = cos.topk(2, dim=1).values
+    unclear = int(((top[:, 0] - top[:, 1]) <= 8 * torch.finfo(dtype).eps).sum())
+    if dtype == torch.float64:
+        assert unclear == 0
+    assert n_k.dtype == s_k.dtype == torch.float64 and n_k.sum().item() == 5000
+    assert (n_k - torch.bincount(labels, minlength=7).double()).abs().sum().item() <= 2 * unclear
+    expected_s = torch.zeros(7, 6, dtype=torch.float64).index_add_(0, labels, z.double())
+    tol = 1e-10 if dtype == torch.float64 else 1e-3
+    torch.testing.assert_close(s_k, expected_s, rtol=0, atol=2 * unclear + tol)
 
 
 def test_spherical_kmeans_recovers_clusters():
