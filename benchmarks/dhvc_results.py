@@ -107,6 +107,14 @@ def op_share(trainer, dataset, steps=20):
     return dict(share=sum(ours.values()) / total, per_op={k: v / total for k, v in sorted(ours.items())})
 
 
+def seed_job(data, data_dir, threads, config, with_share):
+    """One seed in its own process (``--jobs``): the run's result, and the op share when asked."""
+    torch.set_num_threads(threads)
+    dataset = load_dataset(data, data_dir=data_dir)
+    result, trainer = run_seed(dataset, config)
+    return result, op_share(trainer, dataset) if with_share else None, hardware(trainer.device)
+
+
 def fmt(values, scale=100.0, digits=1):
     values = np.asarray(values, dtype=float) * scale
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
@@ -127,7 +135,9 @@ def main(argv=None):
     parser.add_argument("--data", default="digits", help="digits, fashion-mnist or a file path")
     parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST idx files")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per seed)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, each in its own process with --threads threads (CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results .md (default: benchmarks/results/)")
     for field in dataclasses.fields(TrainConfig):
@@ -144,14 +154,27 @@ def main(argv=None):
     for name in ("seed", "device", "num_threads"):
         overrides.pop(name, None)
     overrides["n_clusters"] = overrides.get("n_clusters") or int(np.unique(dataset.y).size)
-    per_seed, trainer = [], None
-    for seed in args.seeds:
-        config = TrainConfig(**overrides, seed=seed, device=args.device)
-        result, trainer = run_seed(dataset, config)
+    configs = [TrainConfig(**overrides, seed=seed, device=args.device) for seed in args.seeds]
+    if args.jobs > 1:
+        import concurrent.futures
+        import multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            jobs = [pool.submit(seed_job, args.data, args.data_dir, args.threads, c, i == 0)
+                    for i, c in enumerate(configs)]
+            done = [job.result() for job in jobs]
+        results, share, hw = [r for r, _, _ in done], done[0][1], done[0][2]
+    else:
+        results = []
+        for config in configs:
+            result, trainer = run_seed(dataset, config)
+            results.append(result)
+        share, hw = op_share(trainer, dataset), hardware(trainer.device)
+    per_seed = []
+    for seed, result in zip(args.seeds, results):
         per_seed.append(dict(seed=seed, **result))
         print(f"seed {seed}: " + "; ".join(f"{m}: acc {r['acc']:.3f} nmi {r['nmi']:.3f} ari {r['ari']:.3f} "
                                            f"{r['seconds']:.0f} s" for m, r in result["rows"].items()), flush=True)
-    share = op_share(trainer, dataset)
     config = dataclasses.asdict(TrainConfig(**overrides, seed=args.seeds[0], device=args.device))
     date = datetime.date.today().isoformat()
     out = args.out or RESULTS / f"dhvc_{pathlib.Path(args.data).stem}_{date}.md"
@@ -161,7 +184,7 @@ def main(argv=None):
         f"{config['n_clusters']} clusters), {date}",
         "",
         f"Command: `python benchmarks/dhvc_results.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-        f"Hardware: {hardware(trainer.device)}; dhvc_ext {dhvc_ext.__version__}.",
+        f"Hardware: {hw}{f', {args.jobs} seeds at a time' if args.jobs > 1 else ''}; dhvc_ext {dhvc_ext.__version__}.",
         f"Seeds: {args.seeds}. Mean ± standard deviation over the seeds; ACC, NMI, ARI in %. Wall time: the whole "
         "run up to that row (pretraining included).",
         "",

@@ -35,7 +35,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
                  kappa_min=1.0, kappa_max=1e3, head="separate", beta=1.0, alpha=1.0, eta=1.0, lam=4.0, kl_direction="forward",
                  pretrain_epochs=50, pretrain_beta=0.0, epochs=50, batch_size=None, pretrain_lr=1e-3, lr=1e-3,
                  lr_decay=0.9, lr_step=10, grad_clip=10.0, mixture_update="em", em_every=1, em_iters=5, mixture_lr_scale=0.1,
-                 mixture_fit_on="samples", mixture_n_init=5, head_warmstart_steps=200, predict_with="head",
+                 mixture_fit_on="samples", mixture_n_init=5, head_init="mixture", predict_with="head",
                  random_state=0, device="auto", bf16=False, num_threads=None, verbose=False):
         self.n_clusters = n_clusters
         self.latent_dim = latent_dim
@@ -65,7 +65,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
         self.mixture_lr_scale = mixture_lr_scale
         self.mixture_fit_on = mixture_fit_on
         self.mixture_n_init = mixture_n_init
-        self.head_warmstart_steps = head_warmstart_steps
+        self.head_init = head_init
         self.predict_with = predict_with
         self.random_state = random_state
         self.device = device

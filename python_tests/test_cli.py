@@ -30,7 +30,7 @@ N, K, SEED = 1000, 5, 3
 # Ten epochs of about 0.1 s each: long enough to be interrupted between epochs 1 and 10.
 TINY = ["--data", "digits", "--subset", str(N), "--clusters", str(K), "--hidden", "32", "--latent-dim", "4",
         "--pretrain-epochs", "2", "--epochs", "8", "--batch-size", "20", "--mixture-n-init", "2",
-        "--head-warmstart-steps", "20", "--threads", "1", "--seed", str(SEED)]
+        "--threads", "1", "--seed", str(SEED)]
 PNGS = ("losses.png", "metrics.png", "latent_pca.png", "confusion.png", "cluster_sizes.png")
 
 

@@ -36,7 +36,7 @@ ROOT = HERE.parents[1]
 WORLD = 2
 # One small configuration for every training scenario: 2 pretraining + 3 joint epochs on 300 digits.
 CONFIG = dict(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=50,
-              mixture_n_init=2, head_warmstart_steps=20, num_threads=1, seed=3)
+              mixture_n_init=2, num_threads=1, seed=3)
 N_ROWS = 600
 STOP_AT = 3  # the epoch after which the training scenario also saves its state (inside the joint phase)
 
@@ -260,7 +260,7 @@ def test_ranks_agree_with_a_gradient_trained_mixture_and_uneven_shares(tmp_path)
 # test_train.py's end-to-end configuration: long enough for the clusters to form, so that two runs can be
 # compared by what they find (a few epochs of a tiny network are still on the mean-image plateau).
 COMPARED = dict(n_clusters=10, hidden=(128, 128), latent_dim=8, pretrain_epochs=20, epochs=8, batch_size=64,
-                mixture_n_init=3, head_warmstart_steps=200)
+                mixture_n_init=3)
 
 
 def test_two_processes_match_one_on_the_same_global_batches(tmp_path):
@@ -331,7 +331,7 @@ def torchrun(args, cwd, wait=True):
 
 
 TRAIN_ARGS = ["train", "--data", "digits", "--subset", N_ROWS, "--clusters", 5, "--hidden", 32, "--latent-dim", 4,
-              "--mixture-n-init", 2, "--head-warmstart-steps", 20, "--threads", 1, "--seed", 3, "--device", "cpu"]
+              "--mixture-n-init", 2, "--threads", 1, "--seed", 3, "--device", "cpu"]
 
 
 def test_dhvc_train_under_torchrun_rank_zero_alone_writes(tmp_path):

@@ -85,11 +85,22 @@ def test_epochs_zero_is_autoencoder_plus_mixture(digits):
     assert trainer.mixture_initialized and "mixture_loglik" in trainer.history[-1]
     scores = clustering_scores(digits.y, trainer.predict(digits, "mixture"))
     assert scores["acc"] > 0.5, scores
+    # head_init="mixture": the head starts as the mixture's posterior at mu_x, exactly (a linear softmax on
+    # the sphere is a vMF-mixture posterior), so both prediction rules agree row by row
+    mu = trainer.encode(digits)
+    head = torch.log_softmax(trainer.model.head(mu), dim=-1)
+    mixture = trainer.model.mixture.log_posterior(mu)
+    assert trainer.model.mixture.kappa.max() > 10  # sharp enough that a head fitted by a few steps would not match
+    torch.testing.assert_close(head, mixture, atol=2e-4, rtol=0)
+    assert (trainer.predict(digits, "head") == trainer.predict(digits, "mixture")).all()
+    random = Trainer(TrainConfig(n_clusters=10, head_init="random", **{**SMALL, "epochs": 0}), digits.n_features)
+    random.fit(digits)
+    assert not torch.allclose(torch.log_softmax(random.model.head(mu), dim=-1), mixture, atol=0.1)
 
 
 @pytest.mark.parametrize("kwargs", [dict(n_clusters=1), dict(batch_size=0), dict(lr=-1.0), dict(epochs=1.5),
                                     dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0),
-                                    dict(grad_clip=-1.0), dict(mixture_fit_on="both")])
+                                    dict(grad_clip=-1.0), dict(mixture_fit_on="both"), dict(head_init="fit")])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -106,7 +117,7 @@ def test_cuda_device_without_cuda_is_a_clear_error():
 # the estimator
 
 FAST = dict(hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=1, batch_size=64, mixture_n_init=1,
-            head_warmstart_steps=10, num_threads=1)
+            num_threads=1)
 
 
 @pytest.mark.parametrize("bad,match", [
