@@ -511,6 +511,8 @@ class Trainer:
     def from_state_dict(cls, state, device=None):
         """A Trainer that continues the run saved by ``state_dict`` (optionally on another ``device``)."""
         config = dict(state["config"])
+        if "head_warmstart_steps" in config:  # saved before head_init replaced it (dhvc_ext 0.1.0 dev)
+            config["head_init"] = "mixture" if config.pop("head_warmstart_steps") > 0 else "random"
         if device is not None:
             config["device"] = device
         config = TrainConfig(**config)
