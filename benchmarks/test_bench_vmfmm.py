@@ -9,8 +9,11 @@
   (matmul, logsumexp, exp, r^T z) and against what the op replaced ("previous": our fused E-step op, then
   exp and r^T z in torch); n_elements = N.
 - EM fit: 20 iterations of our estimator against the NumPy reference EM, with scikit-learn's KMeans as a
-  point of reference; n_elements = N x iterations. All three on 1 thread: torch's, and (threadpoolctl) the
-  BLAS and OpenMP pools of NumPy and scikit-learn, so that no BLAS thread competes with another process.
+  point of reference, float64 and float32, 1 and 2 threads; n_elements = N x iterations. All three on the
+  same number of threads: torch's (torch.set_num_threads), and (threadpoolctl) the BLAS and OpenMP pools of
+  NumPy and scikit-learn, so that no BLAS thread competes with another process. In float32 the data are
+  float32 for all three; the NumPy reference EM, as written, converts them to float64 and computes in
+  float64 (its own conversion is part of its time), KMeans computes in float32.
 """
 
 import numpy as np
@@ -122,17 +125,19 @@ def _em_data():
     return x, init
 
 
-def _em_fits(x, init):
-    """The three fits of the EM fit group, by name."""
+def _em_fits(x, init, dtype="float64"):
+    """The three fits of the EM fit group, by name, on the data rounded to dtype ("float64" or "float32")."""
     from sklearn.cluster import KMeans
 
     from dhvc_ext import reference
     from dhvc_ext.mixture import VonMisesFisherMixture
 
+    dtype = getattr(torch, dtype)
+    x, init = x.to(dtype), init.to(dtype)
     xn, init_n = x.numpy(), init.numpy()
     kappa0, pi0 = np.full(EM_K, 10.0), np.full(EM_K, 1.0 / EM_K)
     return {
-        "ours": lambda: VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(x),
+        "ours": lambda: VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0, dtype=dtype).fit(x),
         "numpy": lambda: reference.vmfmm_em_numpy(xn, init_n, kappa0, pi0, EM_ITERS),
         "sklearn_kmeans": lambda: KMeans(EM_K, n_init=1, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(xn),
     }
@@ -144,29 +149,39 @@ def em_data(ops):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("impl", ["ours", "numpy", "sklearn_kmeans"])
-def test_em_fit(benchmark, em_data, impl):
-    """20 EM iterations on N = 20000, d = 10, K = 10 (float64, 1 thread): ours (the estimator, k-means++ start
-    included) against the plain NumPy/SciPy EM of dhvc_ext.reference from a random start, with scikit-learn's
-    KMeans (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
-    fit = _em_fits(*em_data)[impl]
-    benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} cpu"
-    benchmark.extra_info.update(n_elements=EM_N * EM_ITERS, threads=1)
-    with torch_threads(1), threadpool_limits(1):
-        benchmark.pedantic(fit, rounds=5, iterations=1, warmup_rounds=1)
+def test_em_fit(benchmark, em_data, impl, dtype, threads):
+    """20 EM iterations on N = 20000, d = 10, K = 10 (float64 or float32 data; 1 or 2 threads for all three):
+    ours (the estimator in that dtype, k-means++ start included) against the plain NumPy/SciPy EM of
+    dhvc_ext.reference from a random start (float64 inside, whatever the input), with scikit-learn's KMeans
+    (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
+    fit = _em_fits(*em_data, dtype)[impl]
+    benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} {dtype} {threads} thread(s) cpu"
+    benchmark.extra_info.update(n_elements=EM_N * EM_ITERS, threads=threads, dtype=dtype)
+    with torch_threads(threads), threadpool_limits(threads):
+        result = benchmark.pedantic(fit, rounds=5, iterations=1, warmup_rounds=1)
+    # What was timed is a fit in the dtype asked for (the reference's results are float64 by design).
+    if impl == "ours":
+        assert result.means_.dtype == np.dtype(dtype) and result.n_iter_ == EM_ITERS
+    elif impl == "numpy":
+        logliks = result[0]
+        assert logliks.shape == (EM_ITERS,) and np.all(np.diff(logliks) > -1e-6 * np.abs(logliks[1:]))
 
 
-def em_fit_pairs(rounds=40):
-    """The EM fit group as interleaved rounds (ours, NumPy, KMeans, ours, ...), 1 thread each: on a machine
-    that other work shares, the pairwise ratios are steadier than ratios of separately timed groups (the
-    NumPy EM, which streams N x K temporaries through memory, slows most when a neighbour loads the caches).
-    Prints medians, quartiles and the median pairwise ratio. Run: python benchmarks/test_bench_vmfmm.py"""
+def em_fit_pairs(rounds=40, dtype="float64", threads=1):
+    """The EM fit group as interleaved rounds (ours, NumPy, KMeans, ours, ...), on `threads` threads each: on a
+    machine that other work shares, the pairwise ratios are steadier than ratios of separately timed groups
+    (the NumPy EM, which streams N x K temporaries through memory, slows most when a neighbour loads the
+    caches). Prints medians, quartiles and the median pairwise ratio.
+    Run: python benchmarks/test_bench_vmfmm.py [float64|float32] [threads]"""
     import time
     import warnings
 
-    fits = _em_fits(*_em_data())
+    fits = _em_fits(*_em_data(), dtype)
     times = {name: [] for name in fits}
-    with torch_threads(1), threadpool_limits(1), warnings.catch_warnings():
+    with torch_threads(threads), threadpool_limits(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for fit in fits.values():
             fit()
@@ -176,6 +191,7 @@ def em_fit_pairs(rounds=40):
                 fit()
                 times[name].append(1e3 * (time.perf_counter() - start))
     times = {name: np.array(t) for name, t in times.items()}
+    print(f"EM fit, {dtype}, {threads} thread(s), {rounds} interleaved rounds")
     for name, t in times.items():
         print(f"{name}: median {np.median(t):.1f} ms, quartiles {np.percentile(t, 25):.1f}-{np.percentile(t, 75):.1f}, "
               f"min {t.min():.1f}")
@@ -185,4 +201,7 @@ def em_fit_pairs(rounds=40):
 
 
 if __name__ == "__main__":
-    em_fit_pairs()
+    import sys
+
+    em_fit_pairs(dtype=sys.argv[1] if len(sys.argv) > 1 else "float64",
+                 threads=int(sys.argv[2]) if len(sys.argv) > 2 else 1)
