@@ -208,6 +208,28 @@ def test_hard_posterior_and_float32(small_data):
     np.testing.assert_allclose(single.concentrations_[j], double.concentrations_, rtol=1e-3)
 
 
+@pytest.mark.parametrize("k, d", [(3, 3), (10, 10)])
+def test_float32_fit_matches_float64_fit(k, d):
+    # A float32 fit of float32 data against the float64 fit of the same points, same random_state: the same
+    # labels and concentrations to 1e-3 (the sums are float64 in both; what differs is the rounding of z and
+    # of the scores). 20000 points of well separated components, as in test_recovers_mixture.
+    z, labels, _, _ = draw_mixture(k, d, 20000, seed=300 + 10 * k + d)
+    x64, x32 = z.numpy(), z.float().numpy()
+    n_init = 4 if k > 3 else 1
+    double = VonMisesFisherMixture(k, n_init=n_init, random_state=1).fit(x64)
+    single = VonMisesFisherMixture(k, n_init=n_init, random_state=1, dtype=torch.float32).fit(x32)
+    assert double.converged_ and single.converged_
+    assert single.means_.dtype == np.float32 and single.concentrations_.dtype == np.float32
+    # A real test: the float64 fit itself recovers the mixture, so agreeing with it is agreeing with the truth.
+    assert adjusted_rand_score(labels.numpy(), double.predict(x64)) >= 0.95
+    assert adjusted_rand_score(double.predict(x64), single.predict(x32)) >= 0.99
+    j = match(double.means_, single.means_)
+    np.testing.assert_allclose(single.concentrations_[j], double.concentrations_, rtol=1e-3)
+    np.testing.assert_allclose(single.weights_[j], double.weights_, rtol=1e-3)
+    assert np.all(np.sum(single.means_[j].astype(np.float64) * double.means_, axis=1) > 1 - 1e-5)
+    assert abs(single.lower_bound_ - double.lower_bound_) <= 1e-4 * abs(double.lower_bound_)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Guards
 
