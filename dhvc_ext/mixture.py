@@ -46,6 +46,8 @@ from sklearn.utils.validation import check_is_fitted
 from dhvc_ext import distributed as dist
 from dhvc_ext import ops
 
+_ops = torch.ops.dhvc_ext
+
 __all__ = ["ConcentrationCapWarning", "SphericalKMeans", "VMFMixture", "VonMisesFisherMixture"]
 
 #: A component whose responsibility mass N_k is below this fraction of N is re-seeded in the M-step.
@@ -175,10 +177,24 @@ class VMFMixture(torch.nn.Module):
     @torch.no_grad()
     def _m_step(self, z, n_k, s_k, generator=None, n=None):
         """Closed-form M-step from the sufficient statistics N_k (K,) and S_k (K, d) of n points (default: the
-        rows of z). z (M, d) are the candidates that re-seed empty components: all the data in memory, a
-        sample of them when they stream. Returns whether a component was re-seeded."""
+        rows of z), written to the parameters. z (M, d) are the candidates that re-seed empty components: all
+        the data in memory, a sample of them when they stream. Returns whether a component was re-seeded."""
+        mu, kappa, pi, reseed = self._m_step_values(z, n_k, s_k, generator, n)
+        self._set_values(mu, kappa, pi)
+        return reseed
+
+    @torch.no_grad()
+    def _set_values(self, mu, kappa, pi):
+        """Write (mu (K, d) unit rows, kappa (K,), pi (K,)) to the unconstrained parameters."""
+        if self.kappa_min > 0:
+            kappa = kappa.clamp_min(self.kappa_min) - self.kappa_min
+        self.mu_raw.copy_(mu)
+        self.kappa_raw.copy_(_inverse_softplus(kappa.to(self.kappa_raw.dtype)))
+        self.logits.copy_(torch.log(pi))
+
+    def _m_step_values(self, z, n_k, s_k, generator=None, n=None):
+        """The M-step of ``_m_step`` without writing it: (mu (K, d), kappa (K,), pi (K,), reseeded), float64."""
         n = z.shape[0] if n is None else n
-        dtype = self.mu_raw.dtype
         n_k, s_k = n_k.to(torch.float64), s_k.to(torch.float64)
         norm = torch.linalg.vector_norm(s_k, dim=-1)
         empty = (n_k < EMPTY_FRACTION * n) | (norm == 0)
@@ -189,12 +205,14 @@ class VMFMixture(torch.nn.Module):
         # Where a component is empty, rbar = |S_k| / 1 is replaced by 0 (its kappa is re-seeded below).
         rbar = (norm / n_k).clamp(0.0, 1.0)
         kappa = ops.vmf_kappa_mle(self.dim, torch.where(empty, torch.zeros_like(rbar), rbar) if reseed else rbar)
-        over = ~empty & ~(kappa <= self.kappa_max)
+        over = ~(kappa <= self.kappa_max)  # NaN included
+        if reseed:
+            over = over & ~empty
         if bool(over.any()):
             warnings.warn(
                 f"VMFMixture.em_step: components {over.nonzero().flatten().tolist()} have mean resultant length "
                 f"{rbar[over].tolist()} (-> 1: their points coincide); kappa capped at kappa_max = {self.kappa_max:g}",
-                ConcentrationCapWarning, stacklevel=3)
+                ConcentrationCapWarning, stacklevel=4)
             kappa = torch.where(over, torch.full_like(kappa, self.kappa_max), kappa)
         mu = s_k / norm[:, None]
         pi = n_k / n
@@ -209,12 +227,7 @@ class VMFMixture(torch.nn.Module):
             kappa[idx] = kappa[~empty].median() if bool((~empty).any()) else max(1.0, self.kappa_min + 1.0)
             pi[idx] = 1.0 / n
             pi = pi / pi.sum()
-        if self.kappa_min > 0:
-            kappa = kappa.clamp_min(self.kappa_min) - self.kappa_min
-        self.mu_raw.copy_(mu)
-        self.kappa_raw.copy_(_inverse_softplus(kappa.to(dtype)))
-        self.logits.copy_(torch.log(pi))
-        return reseed
+        return mu, kappa, pi, reseed
 
     def sample(self, n, generator=None):
         """n draws: (z (n, d), labels (n,) int64). Labels ~ Categorical(pi), then z ~ vMF(mu_label, kappa_label)
@@ -246,13 +259,15 @@ def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.flo
     if dim is not None and z.shape[1] != dim:
         raise ValueError(f"{who}: X has {z.shape[1]} features, but the estimator was fitted with {dim}")
     norm = torch.linalg.vector_norm(z, dim=1)
-    # A NaN or infinite entry makes its row's norm NaN or infinite: the full check only runs then.
-    if not bool(torch.isfinite(norm).all()):
+    # A NaN or infinite entry makes its row's norm NaN or infinite, and with it the largest or smallest norm
+    # (torch.aminmax propagates NaN): the full check only runs then. One pass over the norms for both checks.
+    smallest, largest = (float(v) for v in torch.aminmax(norm))
+    if not (math.isfinite(smallest) and math.isfinite(largest)):
         finite = torch.isfinite(z).all(dim=1)
         if not bool(finite.all()):
             raise ValueError(f"{who}: X contains NaN or infinity (row {int((~finite).nonzero()[0])})")
     if normalize:
-        if bool((norm == 0).any()):
+        if smallest == 0:
             raise ValueError(f"{who}: row {int((norm == 0).nonzero()[0])} of X is zero and has no direction")
         return z / norm[:, None]
     tol = max(torch.finfo(dtype).eps ** 0.5, 1e-6)
@@ -295,13 +310,22 @@ def _spherical_kmeans_pp(z, k, generator):
 def _closest_centre_sums(z, centres):
     """The hard-label sums of the rows of z (N, d) labelled by their closest centre (largest cosine, ties to
     the lowest index) among centres (K, d): (N_k (K,), S_k (K, d)), float64. The hard E-step of the fused
-    statistics op with kappa = 1 and log pi = -log C_d(1): its scores are the cosines, shifted by a bias that
-    is 0 in float64 and the same for every centre in float32."""
-    k, d = centres.shape
-    kappa = torch.ones(k, dtype=torch.float64, device=z.device)
-    log_pi = -ops.vmf_log_normalizer(d, kappa)
-    n_k, s_k, _ = ops.vmfmm_em_statistics(z, centres.to(z.dtype), kappa.to(z.dtype), log_pi.to(z.dtype), hard=True)
+    statistics op with weighted means = the centres and a zero bias (kappa = 1, log pi = -log C_d(1)): its
+    scores are the cosines themselves."""
+    centres = centres.to(z.dtype).contiguous()
+    bias = torch.zeros(centres.shape[0], dtype=z.dtype, device=z.device)
+    n_k, s_k, _ = _ops._vmfmm_em_statistics(z, centres, bias, True)
     return n_k.to(torch.float64), s_k.to(torch.float64)
+
+
+def _score_tensors(mu, kappa, pi, dtype):
+    """The fused statistics op's arguments from the float64 parameters of an M-step, mu (K, d) unit rows,
+    kappa (K,) and pi (K,): weighted means kappa mu (K, d) and bias log pi + log C_d(kappa) (K,) (the K
+    normalisers in float64), in dtype. What ``ops.vmfmm_em_statistics`` computes from a ``VMFMixture``'s
+    properties, without the round trip through its unconstrained parameters (and the op wrapper's checks)
+    at every EM iteration."""
+    bias = torch.log(pi) + _ops.vmf_log_normalizer(kappa, mu.shape[1])  # float64 kappa: no promotion to do
+    return (mu * kappa[:, None]).to(dtype), bias.to(dtype)
 
 
 def _chunk_reader(X, chunk_size, who):
@@ -428,16 +452,11 @@ class VonMisesFisherMixture(BaseEstimator):
             best = None
             for _ in range(self.n_init):
                 generator = _torch_generator(rng, z.device)
-                model = self._init_mixture(z, lambda: [z], z.shape[0], generator)
-                lower_bound, converged, n_iter = -math.inf, False, 0
-                for n_iter in range(1, self.max_iter + 1):
-                    previous = lower_bound
-                    lower_bound = model.em_step(z, hard=self.posterior_type == "hard", generator=generator)
-                    if abs(lower_bound - previous) < self.tol:
-                        converged = True
-                        break
-                if best is None or lower_bound > best[0]:
-                    best = (lower_bound, model, n_iter, converged)
+                chunks = lambda: [z]  # noqa: E731
+                model, values = self._init_mixture(z, chunks, z.shape[0], generator)
+                result = self._em(model, values, z, chunks, z.shape[0], generator)
+                if best is None or result[0] > best[0]:
+                    best = result
         else:
             if read is None:
                 z = self._input(X, fitted=False) if len(X) else None
@@ -503,32 +522,13 @@ class VonMisesFisherMixture(BaseEstimator):
         if sample.shape[0] > self.init_size:  # merge the ranks' samples: the smallest keys overall
             keys = dist.all_gather_rows(keys)
             sample = sample[torch.argsort(keys)[:self.init_size].sort().values]
-        hard = self.posterior_type == "hard"
         best = None
         for _ in range(self.n_init):
             generator = _torch_generator(rng, sample.device)
-            model = self._init_mixture(sample, chunks, n, generator, reduce)
-            lower_bound, converged, n_iter = -math.inf, False, 0
-            for n_iter in range(1, self.max_iter + 1):
-                previous = lower_bound
-                with torch.no_grad():
-                    mu, kappa, log_pi = model.mu, model.kappa, model.log_pi
-                    n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
-                    s_k = torch.zeros(k, dim, dtype=torch.float64, device=sample.device)
-                    total = torch.zeros((), dtype=torch.float64, device=sample.device)
-                    for z in chunks():
-                        stats = ops.vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard)
-                        n_k += stats[0]
-                        s_k += stats[1]
-                        total += stats[2]
-                    reduce([n_k, s_k, total])
-                    model._m_step(sample, n_k, s_k, generator, n=n)
-                lower_bound = float(total) / n
-                if abs(lower_bound - previous) < self.tol:
-                    converged = True
-                    break
-            if best is None or lower_bound > best[0]:
-                best = (lower_bound, model, n_iter, converged)
+            model, values = self._init_mixture(sample, chunks, n, generator, reduce)
+            result = self._em(model, values, sample, chunks, n, generator, reduce)
+            if best is None or result[0] > best[0]:
+                best = result
         if distributed:  # the same already on every rank; made certain, whatever the device's arithmetic
             dist.broadcast_([best[1].mu_raw, best[1].kappa_raw, best[1].logits])
         return best
@@ -553,11 +553,52 @@ class VonMisesFisherMixture(BaseEstimator):
         position = torch.argsort(order)
         return rows[position.to(rows.device)], keys[position].to(rows.device)
 
+    @torch.no_grad()
+    def _em(self, model, values, sample, chunks, n, generator, reduce=None):
+        """EM iterations from the M-step values (mu, kappa, pi) that initialise ``model``, over the chunks that
+        ``chunks()`` yields (one pass of the fused statistics op per chunk and iteration; the sums of several
+        chunks, or ranks with ``reduce``, combined in float64), n rows in all, ``sample`` the rows that
+        re-seed empty components. Writes the last M-step to ``model``; returns (lower_bound, model, n_iter,
+        converged). The parameters stay float64 M-step values between iterations: the same EM as
+        ``VMFMixture.em_step`` (which reads them back from the module's unconstrained parameters), without
+        that round trip."""
+        hard = self.posterior_type == "hard"
+        k, dim = model.n_components, model.dim
+        lower_bound, converged, n_iter = -math.inf, False, 0
+        for n_iter in range(1, self.max_iter + 1):
+            previous = lower_bound
+            weighted, bias = _score_tensors(*values, sample.dtype)
+            n_k = s_k = total = None
+            for z in chunks():
+                stats = _ops._vmfmm_em_statistics(z, weighted, bias, hard)
+                if n_k is None:
+                    n_k, s_k, total = stats
+                    if reduce is not None:  # summed in float64, in place
+                        n_k, s_k = n_k.to(torch.float64), s_k.to(torch.float64)
+                else:
+                    n_k = n_k.to(torch.float64) + stats[0]
+                    s_k = s_k.to(torch.float64) + stats[1]
+                    total = total + stats[2]
+            if n_k is None:  # this rank's shard is empty
+                n_k = torch.zeros(k, dtype=torch.float64, device=sample.device)
+                s_k = torch.zeros(k, dim, dtype=torch.float64, device=sample.device)
+                total = torch.zeros((), dtype=torch.float64, device=sample.device)
+            if reduce is not None:
+                reduce([n_k, s_k, total])
+            values = model._m_step_values(sample, n_k, s_k, generator, n=n)[:3]
+            lower_bound = float(total) / n
+            if abs(lower_bound - previous) < self.tol:
+                converged = True
+                break
+        model._set_values(*values)
+        return lower_bound, model, n_iter, converged
+
     def _init_mixture(self, sample, chunks, n, generator, reduce=None):
         """The initial mixture: K centres drawn from ``sample`` (M, d) (k-means++, or K distinct random rows),
         the rows of every chunk that ``chunks()`` yields labelled by their closest centre, and one M-step from
         these hard labels (the sums over the chunks combined by ``reduce``, if given); n rows in all. In memory,
-        ``sample`` is all the data and ``chunks()`` yields it as one chunk."""
+        ``sample`` is all the data and ``chunks()`` yields it as one chunk. Returns (model, its M-step values
+        (mu, kappa, pi) in float64)."""
         k, d = self.n_components, sample.shape[1]
         model = VMFMixture(k, d, kappa_max=self.kappa_max, generator=generator, device=sample.device,
                            dtype=sample.dtype)
@@ -575,8 +616,9 @@ class VonMisesFisherMixture(BaseEstimator):
             s_k = torch.zeros(k, d, dtype=torch.float64, device=sample.device)
         if reduce is not None:
             reduce([n_k, s_k])
-        model._m_step(sample, n_k, s_k, generator, n=n)
-        return model
+        values = model._m_step_values(sample, n_k, s_k, generator, n=n)[:3]
+        model._set_values(*values)
+        return model, values
 
     def fit_predict(self, X, y=None):
         """fit(X), then the labels of X (n_samples,)."""
