@@ -4,9 +4,15 @@ Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) lo
 
 - ``vmfmm_log_responsibilities(z, mu, kappa, log_pi) -> (log_resp (N, K), loglik (N,))`` with the scores
   s_nk = log pi_k + log C_d(kappa_k) + kappa_k mu_k^T z_n, log_resp = s - logsumexp_k s and
-  loglik = logsumexp_k s. The K normalisers are computed once, in float64 (through ``vmf_log_normalizer``), the
-  N x K dot products by one matrix product, and the log-softmax of every row in one pass over the product's
-  own output (``dhvc_ext::_vmfmm_scores_log_softmax``). Differentiable in z, mu, kappa and log_pi (second order too).
+  loglik = logsumexp_k s. The K normalisers are computed once, in float64 (through ``vmf_log_normalizer``);
+  the rest is one op (``dhvc_ext::_vmfmm_scores_log_softmax``). On the CPU it works on blocks of rows
+  (csrc/cpu/vmfmm_estep_cpu.cpp, csrc/include/dhvc/kernels/vmfmm_block.h): the block's dot products by one
+  small matrix product, kept transposed, (K, block), so that the maxima, the sums of exponentials (in
+  double) and s - lse are vectorised loops over the rows of the block; then the block is copied, transposed,
+  into the (N, K) output (threads take whole blocks, so the result does not depend on their number). On CUDA:
+  the N x K scores by one cuBLAS product, then one thread per row for the log-softmax in place.
+  Differentiable in z, mu, kappa and log_pi (second order too; the backward is torch ops on the saved
+  log-responsibilities).
 - ``vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False) -> (N_k (K,), S_k (K, d), total loglik)``: the
   E-step and the M-step sums, N_k = sum_n r_nk and S_k = sum_n r_nk z_n (r one-hot at the argmax when hard,
   ties to the lowest index), in one pass over z by one fused op (``dhvc_ext::_vmfmm_em_statistics``): the
