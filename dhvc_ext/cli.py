@@ -429,12 +429,14 @@ def _apply_config(args, actions, all_actions):
 
 def _classify_data_error(err, who):
     """CLIError for an exception raised by ``dhvc_ext.data.load_dataset``."""
+    from dhvc_ext import data
+
     text = re.sub(r"^load_dataset\(.*?\): ", "", str(err)).replace("pass data_dir=", "pass --data-dir")
     if isinstance(err, FileNotFoundError):  # includes DatasetNotFoundError
         return CLIError(EXIT_NOT_FOUND, f"{who}: {text}")
-    if isinstance(err, ValueError) and "NaN or inf" in text:
+    if isinstance(err, data.NonFiniteDataError):
         return CLIError(EXIT_NONFINITE, f"{who}: {text}")
-    if isinstance(err, ValueError) and (" has shape " in text or " have shape " in text):
+    if isinstance(err, data.DataShapeError):
         return CLIError(EXIT_SHAPE, f"{who}: {text}")
     if isinstance(err, OSError) and not text:
         text = type(err).__name__

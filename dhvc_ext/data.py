@@ -47,6 +47,14 @@ class DatasetNotFoundError(FileNotFoundError):
     """A named data set is not on this machine; the message says how to get it."""
 
 
+class DataShapeError(ValueError):
+    """X or its labels have a shape that is not a data set (rank, empty, labels not one per row)."""
+
+
+class NonFiniteDataError(ValueError):
+    """Rows of X hold NaN or inf; the message counts them and names the first."""
+
+
 @dataclasses.dataclass
 class Dataset:
     """Raw data ``X`` (n, D), labels ``y`` (n,) or None, and the scaling ``features = (X - offset) / scale``.
@@ -184,7 +192,7 @@ def _as_2d(X, who):
     if X.dtype.kind not in "biuf":
         raise ValueError(f"{who}: X has dtype {X.dtype}; expected numbers (bool, integer or floating point)")
     if X.ndim not in (2, 3, 4) or X.shape[0] < 1 or math.prod(X.shape[1:]) < 1:
-        raise ValueError(f"{who}: X has shape {X.shape}; expected (n, D) features or (n, h, w) / (n, c, h, w) "
+        raise DataShapeError(f"{who}: X has shape {X.shape}; expected (n, D) features or (n, h, w) / (n, c, h, w) "
                          "images, with n >= 1 and D >= 1")
     image_shape = None if X.ndim == 2 else (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
     return X.reshape(X.shape[0], -1), image_shape
@@ -193,7 +201,7 @@ def _as_2d(X, who):
 def _as_labels(y, n, who):
     y = np.asarray(y)
     if y.shape != (n,):
-        raise ValueError(f"{who}: labels have shape {y.shape}; expected ({n},), one per row of X")
+        raise DataShapeError(f"{who}: labels have shape {y.shape}; expected ({n},), one per row of X")
     if y.dtype.kind in "biu":
         return y.astype(np.int64)
     try:
@@ -228,7 +236,7 @@ def _scan(X, who, moments):
             mean += delta * len(b) / total
             count = total
     if n_bad:
-        raise ValueError(f"{who}: {n_bad} of {n} rows contain NaN or inf (first bad row: {first_bad}); "
+        raise NonFiniteDataError(f"{who}: {n_bad} of {n} rows contain NaN or inf (first bad row: {first_bad}); "
                          "expected finite values")
     return lo, hi, mean, np.sqrt(m2 / max(count, 1))
 

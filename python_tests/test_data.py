@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dhvc_ext.data import Dataset, DatasetNotFoundError, FASHION_MNIST_DIR, check_features, load_dataset
+from dhvc_ext.data import (FASHION_MNIST_DIR, DataShapeError, Dataset, DatasetNotFoundError, NonFiniteDataError,
+                           check_features, load_dataset)
 
 
 def write_idx(path, array, gz=False):
@@ -171,19 +172,21 @@ def test_chunked_statistics_match_numpy(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "X, match",
+    "X, match, kind",
     [
-        (np.array([[0.0, np.nan], [1.0, 2.0], [np.inf, 0.0]]), r"2 of 3 rows contain NaN or inf \(first bad row: 0\)"),
-        (np.array([[1e300]]), "NaN or inf"),  # finite in float64, inf once cast to float32
-        (np.zeros((0, 3)), r"shape \(0, 3\)"),
-        (np.zeros((4, 0)), r"shape \(4, 0\)"),
-        (np.zeros(5), r"shape \(5,\)"),
-        (np.zeros((2, 2, 2, 2, 2)), r"shape \(2, 2, 2, 2, 2\)"),
-        (np.array([["a", "b"]]), "expected numbers"),
+        (np.array([[0.0, np.nan], [1.0, 2.0], [np.inf, 0.0]]), r"2 of 3 rows contain NaN or inf \(first bad row: 0\)",
+         NonFiniteDataError),
+        (np.array([[1e300]]), "NaN or inf", NonFiniteDataError),  # finite in float64, inf once cast to float32
+        (np.zeros((0, 3)), r"shape \(0, 3\)", DataShapeError),
+        (np.zeros((4, 0)), r"shape \(4, 0\)", DataShapeError),
+        (np.zeros(5), r"shape \(5,\)", DataShapeError),
+        (np.zeros((2, 2, 2, 2, 2)), r"shape \(2, 2, 2, 2, 2\)", DataShapeError),
+        (np.array([["a", "b"]]), "expected numbers", ValueError),
     ],
 )
-def test_check_features_rejects(X, match):
-    with pytest.raises(ValueError, match=match):
+def test_check_features_rejects(X, match, kind):
+    # the subclasses let callers (the CLI's exit codes) tell the failures apart without reading messages
+    with pytest.raises(kind, match=match):
         check_features(X, who="fit(X)")
     with pytest.raises(ValueError, match=r"fit\(X\)"):
         check_features(X, who="fit(X)")
