@@ -48,7 +48,8 @@ def hardware(device):
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} torch thread{'s' if threads != 1 else ''}, torch {torch.__version__}"
 
 
 def run_seed(dataset, config):
