@@ -527,9 +527,7 @@ class _Bars:
     """tqdm bars: one over epochs (each loss term of the last epoch and its samples/s), one over the samples
     of the current epoch (running means of each loss term; tqdm's rate is samples/s).
 
-    ``Trainer.fit`` reports once per epoch only, so the per-batch terms are read by wrapping the
-    ``dhvc_loss`` that ``dhvc_ext.train`` calls, for the duration of the ``with`` block; the wrapper returns
-    the terms unchanged, so training computes exactly what it would without bars.
+    ``batch_done`` is ``Trainer.fit``'s batch callback (the batch's loss terms after each step).
     """
 
     def __init__(self, trainer, n_samples):
@@ -543,39 +541,29 @@ class _Bars:
     def __enter__(self):
         from tqdm import tqdm
 
-        import dhvc_ext.train as train_module
-
         cfg = self.trainer.config
         self.epochs = tqdm(total=cfg.total_epochs, initial=self.trainer.epoch, desc="DHVC", unit="epoch",
                            position=0, dynamic_ncols=True, file=sys.stderr)
         self.batches = tqdm(total=self.per_epoch, desc="", unit="sample", position=1,
                             leave=False, dynamic_ncols=True, file=sys.stderr)
-        self._module, self._original = train_module, train_module.dhvc_loss
-        train_module.dhvc_loss = self._loss
         return self
 
     def __exit__(self, *exc):
-        self._module.dhvc_loss = self._original
         self.batches.close()
         self.epochs.close()
         return False
 
-    def _loss(self, model, x, weights, *, phase="joint"):
-        terms = self._original(model, x, weights, phase=phase)
-        trainer = self.trainer
+    def batch_done(self, trainer, phase, b, terms):
         if trainer.epoch != self._epoch:
             self._epoch, self._sums, self._seen = trainer.epoch, dict.fromkeys(self.terms, 0.0), 0
             self.batches.reset(total=self.per_epoch)
             self.batches.set_description(f"{phase} {trainer.epoch + 1}/{trainer.config.total_epochs}")
-        b = x.shape[0]
         for t in self.terms:
-            value = terms[t]
-            self._sums[t] += float(value.detach() if hasattr(value, "detach") else value) * b
+            self._sums[t] += terms[t] * b
         self._seen += b
         self.batches.set_postfix_str(_format_terms({t: s / self._seen for t, s in self._sums.items()}, self.terms),
                                      refresh=False)
         self.batches.update(b)
-        return terms
 
     def epoch_done(self, entry):
         scores = "  ".join(f"{s} {entry[s]:.3f}" for s in SCORES if entry.get(s) is not None)
@@ -1144,7 +1132,8 @@ def _train(run, args, guard):
     callback = _epoch_callback(run, guard, bars, quiet)
     try:
         with bars if bars is not None else contextlib.nullcontext():
-            trainer.fit(run.dataset, callback=callback)
+            trainer.fit(run.dataset, callback=callback,
+                        batch_callback=None if bars is None else bars.batch_done)
     except FloatingPointError as err:
         raise CLIError(EXIT_DIVERGED, f"{err}. {run.out / LAST} keeps the run after epoch "
                        f"{_saved_epoch(run)}; try a smaller --lr") from None

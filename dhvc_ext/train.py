@@ -286,7 +286,7 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=self.config.bf16 and self.device.type == "cuda")
 
-    def _run_epoch(self, dataset, phase, progress):
+    def _run_epoch(self, dataset, phase, progress, batch_callback=None):
         model, cfg = self.model, self.config
         model.train()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
@@ -328,9 +328,12 @@ class Trainer:
             norms.append(float(norm))
             self.optimizer.step()
             b = x.shape[0]
+            values = {k: float(terms[k].detach()) for k in LOSS_TERMS}
             for k in LOSS_TERMS:
-                sums[k] += float(terms[k].detach()) * b
+                sums[k] += values[k] * b
             n_seen += b
+            if batch_callback is not None:
+                batch_callback(self, phase, b, values)
             if progress:
                 batches.set_postfix(loss=f"{float(loss.detach()):.3f}")
         seconds = time.perf_counter() - start
@@ -418,11 +421,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------
     # the schedule
 
-    def fit(self, dataset, *, callback=None, progress=False):
+    def fit(self, dataset, *, callback=None, batch_callback=None, progress=False):
         """Train on ``dataset`` (a ``dhvc_ext.data.Dataset``) from ``self.epoch`` to the end of the schedule.
 
         ``callback(trainer, record)`` is called after every epoch (the CLI logs and checkpoints there); it may
-        return True to stop early. ``progress`` shows tqdm bars. Returns ``self.history``.
+        return True to stop early. ``batch_callback(trainer, phase, batch_rows, terms)`` is called after every
+        optimiser step with the batch's loss terms as floats (keys ``LOSS_TERMS``; this rank's batch). ``progress``
+        shows tqdm bars. Returns ``self.history``.
         """
         cfg = self.config
         if cfg.n_clusters > len(dataset):
@@ -448,7 +453,7 @@ class Trainer:
             elif (phase == "joint" and cfg.mixture_update == "em"
                   and (self.epoch - cfg.pretrain_epochs) % cfg.em_every == 0):
                 extra["mixture_loglik"] = self.refresh_mixture(dataset)
-            record = self._run_epoch(dataset, phase, progress)
+            record = self._run_epoch(dataset, phase, progress, batch_callback)
             record.update(extra)
             if self.scheduler is not None:
                 self.scheduler.step()

@@ -78,6 +78,21 @@ def test_gradient_mixture_update_trains_the_mixture(digits):
     assert not any(p.requires_grad for p in em.model.mixture.parameters())
 
 
+def test_batch_callback_sees_every_step_and_the_epoch_means(digits):
+    seen = []
+    trainer = Trainer(TrainConfig(n_clusters=10, **{**SMALL, "pretrain_epochs": 2, "epochs": 1}), digits.n_features)
+    trainer.fit(digits, batch_callback=lambda t, phase, b, terms: seen.append((t.epoch, phase, b, terms)))
+    steps_per_epoch = len(digits) // 64  # drop_last
+    assert len(seen) == 3 * steps_per_epoch
+    for record in trainer.history:  # each epoch's record is the row-weighted mean of its batches' terms
+        batches = [(b, terms) for epoch, phase, b, terms in seen if epoch + 1 == record["epoch"]]
+        assert len(batches) == steps_per_epoch and all(record["phase"] == p for e, p, _, _ in seen
+                                                      if e + 1 == record["epoch"])
+        for term in ("loss", "recon", "kl_post"):
+            mean = sum(b * t[term] for b, t in batches) / sum(b for b, _ in batches)
+            assert mean == pytest.approx(record[term], rel=1e-12, abs=1e-12)
+
+
 def test_epochs_zero_is_autoencoder_plus_mixture(digits):
     config = TrainConfig(n_clusters=10, **{**SMALL, "epochs": 0})
     trainer = Trainer(config, digits.n_features)
