@@ -115,6 +115,14 @@ _TRAIN_FIELDS = {
             "weight of H(C) inside the extended mutual information (1: plain MI; larger: more balanced clusters)"),
     "kl_direction": ("--kl-direction", dict(choices=("forward", "reverse")),
                      "forward KL(q(c|x) || p(c|z)) or reverse KL(p(c|z) || q(c|x))"),
+    "gamma": ("--gamma", dict(type=float, metavar="X"),
+              "weight of the neighbour term (our addition to the objective; needs --neighbors > 0)"),
+    "neighbors": ("--neighbors", dict(type=int, metavar="K"),
+                  "latent nearest neighbours per row whose sharpened q(c|x) is each row's target in the neighbour "
+                  "term (0: off, the objective of METHOD.md alone)"),
+    "neighbor_space": ("--neighbor-space", dict(choices=("input", "latent")),
+                       "where the neighbour term's neighbours are found: the scaled input rows, or the "
+                       "pretrained encoder's latent means"),
     "pretrain_epochs": ("--pretrain-epochs", dict(type=int, metavar="N"),
                         "epochs of autoencoder (S-VAE) pretraining before the mixture is fitted"),
     "pretrain_beta": ("--pretrain-beta", dict(type=float, metavar="X"),
@@ -1105,6 +1113,8 @@ def cmd_train(args, actions):
             return _interrupted(sig, run, args)
     from dhvc_ext import distributed
 
+    if run is not None:
+        run.trainer.release_process_group()
     distributed.finish()  # the other ranks wait for rank 0's results before the group goes
     return code
 

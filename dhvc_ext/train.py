@@ -22,6 +22,10 @@ Schedule (epochs counted globally, so that a run can stop and resume at any epoc
    The mixture follows by ``mixture_update``: "em" refreshes it by ``em_iters`` EM steps on the encoded
    data every ``em_every`` epochs (no gradient reaches it), "gradient" trains it by backpropagation in its
    own parameter group at ``mixture_lr_scale`` times the learning rate (VaDE, DSVAE).
+   With ``neighbors = k > 0`` the joint objective adds the neighbour term (``dhvc_ext.neighbors``, weight
+   ``gamma``; our addition to the reconstructed objective): the k nearest neighbours of every row among the
+   encoded means are found once when the joint phase starts, and at the start of every joint epoch (after
+   the mixture's refresh) each row's target is computed from its neighbours' q(c|x) under the current network.
 
 Reproducibility: ``seed`` seeds torch (network initialisation, the vMF sampler, batch order) and the mixture
 initialisation; on the CPU a run with the same seed, data and thread count gives the same result.
@@ -48,6 +52,7 @@ from dhvc_ext import distributed as dist
 from dhvc_ext import ops
 from dhvc_ext.mixture import ConcentrationCapWarning, VonMisesFisherMixture, _inverse_softplus
 from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
+from dhvc_ext.neighbors import knn_indices, neighbor_targets
 
 __all__ = ["TrainConfig", "Trainer", "resolve_device"]
 
@@ -65,7 +70,9 @@ class TrainConfig:
 
     Model: n_clusters, latent_dim (d of S^{d-1}), hidden, arch ("mlp" or "conv"), likelihood ("auto":
     Bernoulli when the data lie in [0, 1], else Gaussian), kappa_min, head ("separate" or "mixture").
-    Objective: beta, alpha, eta, lam, kl_direction (``dhvc_ext.models.LossWeights``).
+    Objective: beta, alpha, eta, lam, kl_direction, gamma (``dhvc_ext.models.LossWeights``); neighbors: k of
+    the neighbour term (0: off, the objective of METHOD.md alone) and neighbor_space, where neighbours are
+    found: "input" (the scaled data rows) or "latent" (the pretrained encoder's means).
     Schedule: see the module docstring. Predictions: predict_with "head" (argmax q(c|x)) or "mixture"
     (argmax p(c|mu_x)). Runtime: seed, device ("auto", "cpu", "cuda", "cuda:1", ...), bf16 (autocast on
     CUDA only), num_threads (torch CPU threads; None leaves torch's setting).
@@ -84,6 +91,9 @@ class TrainConfig:
     eta: float = 1.0
     lam: float = 4.0
     kl_direction: str = "forward"
+    gamma: float = 4.0
+    neighbors: int = 10
+    neighbor_space: str = "input"
     pretrain_epochs: int = 50
     pretrain_beta: float = 0.0
     epochs: int = 50
@@ -110,7 +120,7 @@ class TrainConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         for name, low in (("n_clusters", 2), ("latent_dim", 2), ("pretrain_epochs", 0), ("epochs", 0),
                           ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
-                          ("mixture_n_init", 1), ("seed", 0)):
+                          ("mixture_n_init", 1), ("seed", 0), ("neighbors", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"TrainConfig: {name} must be an int >= {low}, got {value!r}")
@@ -122,7 +132,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be a finite number > 0, got {value!r}")
         choices = dict(likelihood=("auto", "bernoulli", "gaussian"), mixture_update=("em", "gradient"),
                        predict_with=("head", "mixture"), mixture_fit_on=("samples", "means"),
-                       head_init=("mixture", "random"))
+                       head_init=("mixture", "random"), neighbor_space=("input", "latent"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -135,7 +145,7 @@ class TrainConfig:
 
     def loss_weights(self):
         return LossWeights(beta=self.beta, alpha=self.alpha, eta=self.eta, lam=self.lam,
-                           kl_direction=self.kl_direction)
+                           kl_direction=self.kl_direction, gamma=self.gamma)
 
     @property
     def total_epochs(self):
@@ -165,6 +175,22 @@ def _identity(batch):
     return batch
 
 
+class _IndexedRows(torch.utils.data.Dataset):
+    """A ``TorchFeatures`` whose batches also carry their row numbers: (rows (B, D), indices (B,) int64)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i], i
+
+    def __getitems__(self, indices):
+        return self.rows.__getitems__(indices), torch.as_tensor(np.asarray(indices, dtype=np.int64))
+
+
 class _Objective(torch.nn.Module):
     """The DHVC objective as a module's forward, for DistributedDataParallel, whose gradient hooks are armed by
     a call of the wrapped module (the objective calls the network's encode/decode/head, not its forward)."""
@@ -173,8 +199,8 @@ class _Objective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, weights, phase):
-        return dhvc_loss(self.model, x, weights, phase=phase)  # looked up at call time: the CLI wraps it
+    def forward(self, x, weights, phase, targets=None):
+        return dhvc_loss(self.model, x, weights, phase=phase, targets=targets)
 
 
 class Trainer:
@@ -213,6 +239,9 @@ class Trainer:
         self.epoch = 0
         self.history = []
         self.mixture_initialized = False
+        # the neighbour term: (N, k) neighbours (found when the joint phase starts; saved) and (N, K) targets
+        # (recomputed at the start of every joint epoch from the network, so not saved)
+        self.neighbor_index, self._targets = None, None
         self.optimizer = self._make_optimizer("pretrain")
         self.scheduler = None
         self._ddp, self._ddp_phase, self._saved_world, self._rank_rng = None, None, None, None
@@ -247,31 +276,36 @@ class Trainer:
         size = self.config.batch_size or min(256, max(16, n // 32))
         return max(1, min(size, n))
 
-    def _loader(self, dataset, shuffle, sharded=False):
+    def _loader(self, dataset, shuffle, sharded=False, with_index=False):
         """Batches of ``dataset``: shuffled per epoch (seeded by seed and epoch) for training, in order for
         encoding. ``sharded`` (with several processes): this rank's share, see ``dhvc_ext.distributed``; the
-        batch size is then the global one."""
+        batch size is then the global one. ``with_index``: batches are (rows, their row numbers (B,) int64);
+        the order is the same."""
         seed = self.config.seed * 100003 + self.epoch
         n = len(dataset)
         size = self.batch_size(n)
         common = dict(collate_fn=_identity, pin_memory=self.device.type == "cuda")
+        rows = dataset.torch_dataset()
+        if with_index:
+            rows = _IndexedRows(rows)
         if sharded and self.world > 1:
             if shuffle:
                 sampler = dist.DistributedBatchSampler(n, size, shuffle=True, seed=seed, drop_last=n > size)
             else:
                 start, stop = dist.shard_range(n, self.rank, self.world)
                 sampler = torch.utils.data.BatchSampler(range(start, stop), size, drop_last=False)
-            return torch.utils.data.DataLoader(dataset.torch_dataset(), batch_sampler=sampler, **common)
+            return torch.utils.data.DataLoader(rows, batch_sampler=sampler, **common)
         gen = torch.Generator().manual_seed(seed)
         return torch.utils.data.DataLoader(
-            dataset.torch_dataset(), batch_size=size, shuffle=shuffle, generator=gen,
+            rows, batch_size=size, shuffle=shuffle, generator=gen,
             drop_last=shuffle and n > size, **common)
 
     def _objective(self, phase):
         """What a training step calls: the loss function, or with several processes the DDP-wrapped objective
         (rebuilt at the phase change, when the set of trained parameters changes)."""
         if self.world == 1:
-            return lambda x, weights, phase: dhvc_loss(self.model, x, weights, phase=phase)
+            return lambda x, weights, phase, targets=None: dhvc_loss(self.model, x, weights, phase=phase,
+                                                                     targets=targets)
         if self._ddp_phase != phase:
             from torch.nn.parallel import DistributedDataParallel
             # Pretraining leaves the head and the mixture out of the graph: DDP must be told to look for
@@ -291,16 +325,22 @@ class Trainer:
         model.train()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         n_seen, start, norms = 0, time.perf_counter(), []
-        batches = self._loader(dataset, shuffle=True, sharded=True)
+        use_targets = phase == "joint" and self._targets is not None
+        batches = self._loader(dataset, shuffle=True, sharded=True, with_index=use_targets)
         objective = self._objective(phase)
         n, size = len(dataset), self.batch_size(len(dataset))
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"{phase} {self.epoch + 1}/{cfg.total_epochs}", leave=False)
         for step, x in enumerate(batches):
+            targets = None
+            if use_targets:
+                x, rows = x
+                targets = self._targets[rows.to(self._targets.device)]
             x = x.to(self.device, non_blocking=True)
             with self._autocast():
-                terms = objective(x, self.pretrain_weights if phase == "pretrain" else self.weights, phase)
+                terms = objective(x, self.pretrain_weights if phase == "pretrain" else self.weights, phase,
+                                  targets)
             loss = terms["loss"]
             finite = bool(torch.isfinite(loss))
             if not finite and self.world == 1:
@@ -391,7 +431,45 @@ class Trainer:
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_init == "mixture":
             self._init_head_from_mixture()
+        if cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:
+            self.find_neighbors(dataset)
         return loglik
+
+    @torch.no_grad()
+    def find_neighbors(self, dataset):
+        """The ``neighbors`` nearest rows of every row (cosine; k is lowered to N - 1 on smaller data), kept in
+        ``neighbor_index`` (N, k) for the neighbour term: among the scaled input rows (``neighbor_space =
+        "input"``; all of them are read onto the device, N x D float32) or the encoded means mu_x ("latent").
+        With several processes each rank finds the neighbours of its block of rows and the blocks are
+        gathered: every rank holds the whole index, the same everywhere."""
+        n = len(dataset)
+        k = min(self.config.neighbors, n - 1)
+        if k < 1:
+            self.neighbor_index = None
+            return None
+        if self.config.neighbor_space == "latent":
+            x = self.encode(dataset, sharded=self.world > 1)
+            x = dist.all_gather_rows(x) if self.world > 1 else x
+        else:
+            x = torch.cat([rows.to(self.device) for rows in self._loader(dataset, shuffle=False)])
+        start, stop = dist.shard_range(n, self.rank, self.world)
+        index = knn_indices(x, k, start=start, stop=stop)
+        self.neighbor_index = dist.all_gather_rows(index) if self.world > 1 else index
+        return self.neighbor_index
+
+    @torch.no_grad()
+    def update_targets(self, dataset):
+        """Recompute the neighbour targets (N, K) from the current network (``dhvc_ext.neighbors``)."""
+        if self.neighbor_index is None:
+            self._targets = None
+            return None
+        mu = self.encode(dataset, sharded=self.world > 1)
+        if self.model.head is None:
+            mu = mu.to(self.model.mixture.mu_raw.dtype)
+        q = self.model.cluster_log_probs(mu).float().exp()
+        q = dist.all_gather_rows(q) if self.world > 1 else q
+        self._targets = neighbor_targets(q, self.neighbor_index.to(q.device))
+        return self._targets
 
     def _init_head_from_mixture(self):
         """Set the head so that q(c|x) = p(c|mu_x): log p(c|mu) = kappa_c mu_c^T mu + log pi_c + log C_d(kappa_c)
@@ -453,6 +531,8 @@ class Trainer:
             elif (phase == "joint" and cfg.mixture_update == "em"
                   and (self.epoch - cfg.pretrain_epochs) % cfg.em_every == 0):
                 extra["mixture_loglik"] = self.refresh_mixture(dataset)
+            if phase == "joint" and self.neighbor_index is not None:
+                self.update_targets(dataset)
             record = self._run_epoch(dataset, phase, progress, batch_callback)
             record.update(extra)
             if self.scheduler is not None:
@@ -475,6 +555,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------------
     # checkpoints
+
+    def release_process_group(self):
+        """Drop the DistributedDataParallel wrapper, which holds a reference to the process group, so that
+        ``dhvc_ext.distributed.finish()`` frees the group there and then rather than at interpreter exit, when
+        the order of teardown is unspecified (one rank aborting with "terminate called without an active
+        exception" was seen once in a 2-process test). Training again rebuilds the wrapper."""
+        self._ddp, self._ddp_phase = None, None
 
     def _gather_rng(self):
         """Every rank's random state, collected on every rank after each epoch, so that ``state_dict`` stays a
@@ -499,6 +586,7 @@ class Trainer:
             scheduler=None if self.scheduler is None else self.scheduler.state_dict(), epoch=self.epoch,
             history=[dict(r) for r in self.history], mixture_initialized=self.mixture_initialized,
             rng=torch.get_rng_state(),
+            neighbor_index=None if self.neighbor_index is None else self.neighbor_index.cpu(),
         )
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -532,6 +620,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.epoch, self.history = int(state["epoch"]), [dict(r) for r in state["history"]]
         self.mixture_initialized = bool(state["mixture_initialized"])
+        index = state.get("neighbor_index")
+        self.neighbor_index = None if index is None else index.to(self.device)
+        self._targets = None
         joint = self.mixture_initialized and self.epoch >= self.config.pretrain_epochs
         self.optimizer = self._make_optimizer("joint" if joint else "pretrain")
         self.optimizer.load_state_dict(state["optimizer"])

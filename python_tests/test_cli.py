@@ -271,8 +271,8 @@ def test_divergence_stops_with_its_code_and_keeps_the_last_finite_epoch(call, mo
 
     original = train_module.dhvc_loss
 
-    def nan_when_joint(model, x, weights, *, phase="joint"):
-        terms = original(model, x, weights, phase=phase)
+    def nan_when_joint(model, x, weights, *, phase="joint", **kwargs):
+        terms = original(model, x, weights, phase=phase, **kwargs)
         if phase == "joint":
             terms["loss"] = terms["loss"] * float("nan")
         return terms

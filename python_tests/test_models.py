@@ -24,7 +24,7 @@ def _log_softmax(s):
     return s - np.log(np.exp(s).sum(axis=-1, keepdims=True))
 
 
-def _reference(model, x, weights, seed):
+def _reference(model, x, weights, seed, targets=None):
     torch.manual_seed(seed)
     with torch.no_grad():
         mu, kappa = model.encode(x)
@@ -53,15 +53,18 @@ def _reference(model, x, weights, seed):
     h_c_given_z = -(q * log_q).sum(1).mean()
     qbar = q.mean(0)
     h_c = -(qbar * np.log(qbar)).sum()
+    nbr = 0.0 if targets is None else -(targets.double().numpy() * log_q).sum(1).mean()
     loss = (recon + weights.beta * kl_prior + weights.alpha * kl_post
-            - weights.eta * (weights.lam * h_c - h_c_given_z))
-    return dict(loss=loss, recon=recon, kl_prior=kl_prior, kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z)
+            - weights.eta * (weights.lam * h_c - h_c_given_z) + weights.gamma * nbr)
+    return dict(loss=loss, recon=recon, kl_prior=kl_prior, kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z,
+                nbr=nbr)
 
 
-@pytest.mark.parametrize("likelihood,head,direction", [
-    ("bernoulli", "separate", "forward"), ("gaussian", "separate", "reverse"), ("bernoulli", "mixture", "forward"),
+@pytest.mark.parametrize("likelihood,head,direction,with_targets", [
+    ("bernoulli", "separate", "forward", True), ("gaussian", "separate", "reverse", False),
+    ("bernoulli", "mixture", "forward", True),
 ])
-def test_loss_terms_match_direct_formulas(likelihood, head, direction):
+def test_loss_terms_match_direct_formulas(likelihood, head, direction, with_targets):
     torch.manual_seed(0)
     model = DHVCNet(12, 4, latent_dim=5, hidden=(16, 8), likelihood=likelihood, head=head).double()
     with torch.no_grad():  # a mixture with distinct weights and concentrations, not the initial one
@@ -70,10 +73,13 @@ def test_loss_terms_match_direct_formulas(likelihood, head, direction):
     x = torch.rand(9, 12, dtype=torch.float64)
     if likelihood == "gaussian":
         x = 3 * x - 1
-    weights = LossWeights(beta=0.7, alpha=1.3, eta=0.9, lam=3.0, kl_direction=direction)
+    weights = LossWeights(beta=0.7, alpha=1.3, eta=0.9, lam=3.0, kl_direction=direction, gamma=2.5)
+    targets = torch.softmax(3 * torch.randn(9, 4, dtype=torch.float64), 1) if with_targets else None
     torch.manual_seed(123)
-    terms = dhvc_loss(model, x, weights)
-    ref = _reference(model, x, weights, 123)
+    terms = dhvc_loss(model, x, weights, targets=targets)
+    ref = _reference(model, x, weights, 123, targets)
+    if with_targets:
+        assert ref["nbr"] > 0.1
     assert set(terms) == set(LOSS_TERMS)
     for name in LOSS_TERMS:
         assert float(terms[name].detach()) == pytest.approx(ref[name], rel=1e-9, abs=1e-10), name
@@ -88,7 +94,13 @@ def test_pretrain_phase_is_the_s_vae_objective():
     terms = dhvc_loss(model, x, weights, phase="pretrain")
     ref = _reference(model, x, weights, 7)
     assert float(terms["loss"].detach()) == pytest.approx(ref["recon"] + 0.5 * ref["kl_prior"], rel=1e-10)
-    assert float(terms["kl_post"]) == float(terms["h_c"]) == 0.0
+    assert float(terms["kl_post"]) == float(terms["h_c"]) == float(terms["nbr"]) == 0.0
+
+
+def test_neighbor_term_rejects_targets_of_the_wrong_shape():
+    model = DHVCNet(10, 3, latent_dim=4, hidden=(8,))
+    with pytest.raises(ValueError, match="targets must have the shape"):
+        dhvc_loss(model, torch.rand(6, 10), LossWeights(), targets=torch.full((6, 4), 0.25))
 
 
 def test_loss_gradients_reach_every_trained_part():

@@ -115,7 +115,9 @@ def test_epochs_zero_is_autoencoder_plus_mixture(digits):
 
 @pytest.mark.parametrize("kwargs", [dict(n_clusters=1), dict(batch_size=0), dict(lr=-1.0), dict(epochs=1.5),
                                     dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0),
-                                    dict(grad_clip=-1.0), dict(mixture_fit_on="both"), dict(head_init="fit")])
+                                    dict(grad_clip=-1.0), dict(mixture_fit_on="both"), dict(head_init="fit"),
+                                    dict(neighbors=-1), dict(neighbors=2.0), dict(gamma=-1.0),
+                                    dict(neighbor_space="output")])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -194,3 +196,54 @@ def test_resume_from_a_saved_state_equals_an_uninterrupted_run(digits, tmp_path)
         for name, value in full.model.state_dict().items():
             assert torch.equal(value, resumed.model.state_dict()[name]), (stop, name)
         assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def _cosine_knn(x, k):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    return sim, np.argsort(-sim, axis=1, kind="stable")[:, :k]
+
+
+def _same_neighbours(index, x):
+    """index (N, k) holds, row by row, neighbours as similar as the brute-force ones (ties may differ)."""
+    index = index.cpu().numpy()
+    sim, ref = _cosine_knn(np.asarray(x, dtype=np.float64), index.shape[1])
+    np.testing.assert_allclose(np.take_along_axis(sim, index, 1), np.take_along_axis(sim, ref, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["input", "latent"])
+def test_neighbour_term_uses_the_neighbours_and_targets_it_documents(digits, space):
+    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+                         mixture_n_init=2, num_threads=1, seed=1, neighbors=6, neighbor_space=space)
+    trainer = Trainer(config, digits.n_features)
+    trainer.fit(digits, callback=lambda t, r: t.epoch == 2)  # stop after pretraining
+    assert trainer.neighbor_index is None
+    encoded = trainer.encode(digits).double().numpy()
+    trainer.fit(digits)
+    assert trainer.neighbor_index.shape == (600, 6)
+    _same_neighbours(trainer.neighbor_index, digits.features(np.arange(600)) if space == "input" else encoded)
+    # the targets: the neighbours' mean q(c|x), squared over the cluster totals, rows renormalised
+    q = trainer.predict_proba(digits, "head").astype(np.float64)
+    m = q[trainer.neighbor_index.numpy()].mean(1)
+    t = m ** 2 / m.sum(0)
+    np.testing.assert_allclose(trainer.update_targets(digits).numpy(), t / t.sum(1, keepdims=True), atol=1e-5)
+    joint = [r for r in trainer.history if r["phase"] == "joint"]
+    assert all(r["nbr"] > 0 for r in joint)
+    off = Trainer(TrainConfig(**{**config.__dict__, "neighbors": 0}), digits.n_features)
+    off.fit(digits)
+    assert off.neighbor_index is None and all(r["nbr"] == 0 for r in off.history)
+    # the term changes training: different final weights from the same start
+    assert not torch.equal(off.model.head.weight, trainer.model.head.weight)
+
+
+def test_neighbours_on_tiny_data_and_gamma_zero(digits):
+    tiny = digits.subset(4, seed=0)
+    config = TrainConfig(n_clusters=2, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
+                         num_threads=1, neighbors=10)
+    trainer = Trainer(config, tiny.n_features)
+    trainer.fit(tiny)
+    assert trainer.neighbor_index.shape == (4, 3)  # k lowered to N - 1
+    no_weight = Trainer(TrainConfig(**{**config.__dict__, "gamma": 0.0}), tiny.n_features)
+    no_weight.fit(tiny)
+    assert no_weight.neighbor_index is None

@@ -17,6 +17,10 @@ choice), minimised and averaged over the batch:
 
 with H(C|Z) = -(1/B) sum_i sum_c q_ic log q_ic and H(C) = -sum_c qbar_c log qbar_c, qbar the batch mean of q.
 ``kl_direction="reverse"`` uses KL(p(c|z) || q(c|x)) instead. The expectation over q(z|x) is one sample.
+
+Our addition (not in METHOD.md; off when no targets are given): the neighbour term
++ gamma (1/B) sum_i CE(t_i, q(.|x_i)) = - gamma (1/B) sum_i sum_c t_ic log q_ic, with t the sharpened targets
+of the rows' latent neighbours (``dhvc_ext.neighbors``); the trainer passes them when ``neighbors > 0``.
 """
 import dataclasses
 import math
@@ -33,7 +37,7 @@ from dhvc_ext.models.networks import MLP, ConvDecoder, ConvEncoder
 __all__ = ["DHVCNet", "LossWeights", "dhvc_loss", "LOSS_TERMS"]
 
 #: The keys of the dict ``dhvc_loss`` returns, in reporting order.
-LOSS_TERMS = ("loss", "recon", "kl_prior", "kl_post", "h_c", "h_c_given_z")
+LOSS_TERMS = ("loss", "recon", "kl_prior", "kl_post", "h_c", "h_c_given_z", "nbr")
 
 
 @dataclasses.dataclass
@@ -46,6 +50,7 @@ class LossWeights:
     lam: the "extension": lam = 1 is the mutual information I(C; X); lam > 1 favours balanced clusters more
         (IMSAT uses 4).
     kl_direction: "forward" KL(q(c|x) || p(c|z)) or "reverse" KL(p(c|z) || q(c|x)).
+    gamma: weight of the neighbour term (our addition; applies only when ``dhvc_loss`` gets targets).
     """
 
     beta: float = 1.0
@@ -53,9 +58,10 @@ class LossWeights:
     eta: float = 1.0
     lam: float = 4.0
     kl_direction: str = "forward"
+    gamma: float = 4.0
 
     def __post_init__(self):
-        for name in ("beta", "alpha", "eta", "lam"):
+        for name in ("beta", "alpha", "eta", "lam", "gamma"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
                 raise ValueError(f"LossWeights: {name} must be a number >= 0, got {value!r}")
@@ -146,12 +152,13 @@ def _entropy(log_p):
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def dhvc_loss(model, x, weights, *, phase="joint"):
+def dhvc_loss(model, x, weights, *, phase="joint", targets=None):
     """The DHVC objective on a batch x (B, D): a dict with the total ``loss`` (0-dim, differentiable) and each
     term (0-dim, batch means) under the keys of ``LOSS_TERMS``.
 
     phase="pretrain" is the S-VAE objective recon + beta KL(q(z|x) || U) (the cluster terms are 0);
-    phase="joint" is the full objective of the module docstring.
+    phase="joint" is the full objective of the module docstring. ``targets`` (B, K), rows summing to 1, adds the
+    neighbour term gamma CE(targets, q(c|x)) (joint phase only); without them ``nbr`` is 0.
     """
     mu, kappa = model.encode(x)
     posterior = VonMisesFisher(mu, kappa, validate_args=False)
@@ -161,7 +168,7 @@ def dhvc_loss(model, x, weights, *, phase="joint"):
         posterior, HypersphericalUniform(model.latent_dim, device=x.device, dtype=mu.dtype)).mean()
     loss = recon + weights.beta * kl_prior
     zero = torch.zeros((), device=x.device, dtype=loss.dtype)
-    terms = dict(recon=recon, kl_prior=kl_prior, kl_post=zero, h_c=zero, h_c_given_z=zero)
+    terms = dict(recon=recon, kl_prior=kl_prior, kl_post=zero, h_c=zero, h_c_given_z=zero, nbr=zero)
     if phase == "joint":
         log_q = model.cluster_log_probs(mu)  # (B, K)
         log_p = model.mixture.log_posterior(z)  # (B, K)
@@ -173,6 +180,13 @@ def dhvc_loss(model, x, weights, *, phase="joint"):
         h_c = _entropy(torch.logsumexp(log_q, dim=0) - math.log(x.shape[0]))  # log qbar
         loss = loss + weights.alpha * kl_post - weights.eta * (weights.lam * h_c - h_c_given_z)
         terms.update(kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z)
+        if targets is not None:
+            if targets.shape != log_q.shape:
+                raise ValueError(f"dhvc_loss: targets must have the shape of q(c|x) {tuple(log_q.shape)}, "
+                                 f"got {tuple(targets.shape)}")
+            nbr = -(targets.to(log_q.dtype) * log_q).sum(-1).mean()
+            loss = loss + weights.gamma * nbr
+            terms["nbr"] = nbr
     elif phase != "pretrain":
         raise ValueError(f"dhvc_loss: phase must be 'pretrain' or 'joint', got {phase!r}")
     terms["loss"] = loss
