@@ -92,12 +92,17 @@ def op_share(trainer, dataset, steps=20):
     from torch.profiler import ProfilerActivity, profile
 
     model, weights = trainer.model, trainer.weights
-    loader = iter(trainer._loader(dataset, shuffle=True))
-    batches = [next(loader).to(trainer.device) for _ in range(min(steps, len(loader)))]
+    with_targets = trainer._targets is not None  # the neighbour term's targets, as in training
+    loader = iter(trainer._loader(dataset, shuffle=True, with_index=with_targets))
+    batches = []
+    for _ in range(min(steps, len(loader))):
+        batch = next(loader)
+        x, targets = (batch[0], trainer._targets[batch[1]]) if with_targets else (batch, None)
+        batches.append((x.to(trainer.device), targets))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        for x in batches:
-            loss = dhvc_loss(model, x, weights, phase="joint")["loss"]
+        for x, targets in batches:
+            loss = dhvc_loss(model, x, weights, phase="joint", targets=targets)["loss"]
             trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             trainer.optimizer.step()

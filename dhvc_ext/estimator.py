@@ -33,7 +33,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def __init__(self, n_clusters=10, latent_dim=10, *, hidden=(500, 500, 2000), arch="mlp", likelihood="auto",
                  kappa_min=1.0, kappa_max=1e3, head="separate", beta=1.0, alpha=1.0, eta=1.0, lam=4.0, kl_direction="forward",
-                 gamma=4.0, neighbors=10, neighbor_space="input",
+                 gamma=32.0, neighbors=10, neighbor_space="input",
                  pretrain_epochs=50, pretrain_beta=0.0, epochs=50, batch_size=None, pretrain_lr=1e-3, lr=1e-3,
                  lr_decay=0.9, lr_step=10, grad_clip=10.0, mixture_update="em", em_every=1, em_iters=5, mixture_lr_scale=0.1,
                  mixture_fit_on="samples", mixture_n_init=5, head_init="mixture", predict_with="head",

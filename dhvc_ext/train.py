@@ -23,9 +23,10 @@ Schedule (epochs counted globally, so that a run can stop and resume at any epoc
    data every ``em_every`` epochs (no gradient reaches it), "gradient" trains it by backpropagation in its
    own parameter group at ``mixture_lr_scale`` times the learning rate (VaDE, DSVAE).
    With ``neighbors = k > 0`` the joint objective adds the neighbour term (``dhvc_ext.neighbors``, weight
-   ``gamma``; our addition to the reconstructed objective): the k nearest neighbours of every row among the
-   encoded means are found once when the joint phase starts, and at the start of every joint epoch (after
-   the mixture's refresh) each row's target is computed from its neighbours' q(c|x) under the current network.
+   ``gamma``; our addition to the reconstructed objective): the k nearest neighbours of every row (cosine,
+   among the input rows or the encoded means, ``neighbor_space``) are found once when the joint phase starts,
+   and at the start of every joint epoch (after the mixture's refresh) each row's target is computed from its
+   neighbours' q(c|x) under the current network.
 
 Reproducibility: ``seed`` seeds torch (network initialisation, the vMF sampler, batch order) and the mixture
 initialisation; on the CPU a run with the same seed, data and thread count gives the same result.
@@ -91,7 +92,7 @@ class TrainConfig:
     eta: float = 1.0
     lam: float = 4.0
     kl_direction: str = "forward"
-    gamma: float = 4.0
+    gamma: float = 32.0
     neighbors: int = 10
     neighbor_space: str = "input"
     pretrain_epochs: int = 50

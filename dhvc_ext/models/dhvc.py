@@ -58,7 +58,7 @@ class LossWeights:
     eta: float = 1.0
     lam: float = 4.0
     kl_direction: str = "forward"
-    gamma: float = 4.0
+    gamma: float = 32.0
 
     def __post_init__(self):
         for name in ("beta", "alpha", "eta", "lam", "gamma"):
