@@ -63,6 +63,9 @@ ENCODE_BATCH = 4096
 #: (k-means++ on a 65536-row sample, no N x K matrix; see VonMisesFisherMixture.fit); at or below it, the
 #: in-memory fit of every result so far. With several processes the fit always streams its blocks.
 STREAM_MIXTURE_ABOVE, MIXTURE_CHUNK = 1 << 20, 65536
+#: Above this many rows on the CPU, ``fit`` warns of the cost of the neighbour term's exact neighbour search
+#: (Fashion-MNIST's 70000 x 784: about 150 s on one thread).
+NEIGHBORS_WARN_ROWS = 200_000
 
 
 @dataclasses.dataclass
@@ -512,6 +515,13 @@ class Trainer:
         if cfg.n_clusters > len(dataset):
             raise ValueError(f"DHVC: n_clusters = {cfg.n_clusters} is larger than the number of samples "
                              f"{len(dataset)}")
+        if (cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0 and self.neighbor_index is None
+                and self.device.type == "cpu" and len(dataset) > NEIGHBORS_WARN_ROWS):
+            n, dim = len(dataset), self.n_features if cfg.neighbor_space == "input" else cfg.latent_dim
+            warnings.warn(f"DHVC: the neighbour term's exact nearest-neighbour search over {n} rows of {dim} "
+                          f"features costs 2 N^2 D = {2.0 * n * n * dim:.1e} flops on the CPU (roughly "
+                          f"{2.0 * n * n * dim / 5e10 / 3600:.1f} h per thread) when the joint phase starts; "
+                          "neighbor_space='latent' or neighbors=0 make it cheap or remove it", stacklevel=2)
         if self.world > 1 and self.batch_size(len(dataset)) < self.world:
             raise ValueError(f"DHVC: the batch size {self.batch_size(len(dataset))} (global, over all processes) is "
                              f"smaller than the number of processes {self.world}; every rank needs a row per step")

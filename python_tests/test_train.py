@@ -247,3 +247,17 @@ def test_neighbours_on_tiny_data_and_gamma_zero(digits):
     no_weight = Trainer(TrainConfig(**{**config.__dict__, "gamma": 0.0}), tiny.n_features)
     no_weight.fit(tiny)
     assert no_weight.neighbor_index is None
+
+
+def test_large_data_on_cpu_warns_of_the_neighbour_search_cost(monkeypatch, digits):
+    import dhvc_ext.train as train_module
+
+    monkeypatch.setattr(train_module, "NEIGHBORS_WARN_ROWS", 100)
+    config = TrainConfig(n_clusters=3, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
+                         num_threads=1)
+    with pytest.warns(UserWarning, match="nearest-neighbour search over 600 rows of 64 features"):
+        Trainer(config, digits.n_features).fit(digits)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*nearest-neighbour")
+        Trainer(TrainConfig(**{**config.__dict__, "neighbors": 0}), digits.n_features).fit(digits)
