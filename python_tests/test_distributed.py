@@ -17,8 +17,8 @@ Tolerances, and why:
   posterior samples (one process draws them all from one stream), and the EMI's batch marginal qbar in
   H(C) is each rank's batch mean (B/W rows), not the global one: the one term that is not a per-sample mean.
   So the comparison is statistical, on test_train.py's end-to-end configuration: every epoch's mean
-  reconstruction and loss within 5 % relative (3.5 % and 2.6 % measured at most, with two builds of the
-  sampler), both runs finding the digits (ACC > 0.5, NMI > 0.45; ACC 0.61-0.68 measured) and largely the
+  reconstruction and loss without the neighbour term within 5 % relative (3.5 % and 3.8 % measured at most),
+  the neighbour term within 0.3 nats (0.17 measured at most), both runs finding the digits (ACC > 0.5, NMI > 0.45; ACC 0.61-0.68 measured) and largely the
   same clusters (NMI > 0.5 between the two labelings; 0.74 and 0.69 measured).
 """
 import json
@@ -103,8 +103,10 @@ def config_in(out):
 
 
 def trained_state(trainer, data):
+    targets = trainer.update_targets(data)  # a collective: every rank calls it
     return dict(model={k: v.detach().clone() for k, v in trainer.model.state_dict().items()},
                 history=[dict(r) for r in trainer.history], labels=trainer.predict(data, "mixture"),
+                neighbor_index=trainer.neighbor_index.clone(), targets=targets.clone(),
                 world=trainer.world, rank=trainer.rank)
 
 
@@ -232,8 +234,15 @@ def test_two_process_training_agrees_across_ranks_and_resumes_exactly(tmp_path):
     ranks = launch("train", tmp_path)
     assert [r["world"] for r in ranks] == [WORLD] * WORLD and [r["rank"] for r in ranks] == list(range(WORLD))
     for other in ranks[1:]:
-        for key in ("model", "history", "labels"):
+        for key in ("model", "history", "labels", "neighbor_index", "targets"):
             assert_same(ranks[0][key], other[key], key)  # the same network, mixture and records everywhere
+    # each rank found the neighbours of its block of rows; gathered, they are one process's neighbours
+    from dhvc_ext.neighbors import knn_indices
+    x = torch.nn.functional.normalize(torch.as_tensor(digits().features(np.arange(N_ROWS))).double(), dim=1)
+    index = ranks[0]["neighbor_index"]
+    ref = knn_indices(x, index.shape[1])
+    sim = x @ x.T
+    torch.testing.assert_close(sim.gather(1, index), sim.gather(1, ref), atol=1e-6, rtol=0)
     history = ranks[0]["history"]
     assert len(history) == CONFIG["pretrain_epochs"] + CONFIG["epochs"]
     assert all(np.isfinite(r["loss"]) for r in history) and "mixture_loglik" in history[-1]
@@ -254,7 +263,7 @@ def test_ranks_agree_with_a_gradient_trained_mixture_and_uneven_shares(tmp_path)
     ranks = launch("train", tmp_path)
     assert_same(ranks[0]["model"], ranks[1]["model"], "model")
     assert_same(ranks[0]["history"], ranks[1]["history"], "history")
-    assert ranks[0]["history"][-1]["loss"] < ranks[0]["history"][0]["loss"]
+    assert ranks[0]["history"][-1]["recon"] < ranks[0]["history"][0]["recon"]
 
 
 # test_train.py's end-to-end configuration: long enough for the clusters to form, so that two runs can be
@@ -278,7 +287,12 @@ def test_two_processes_match_one_on_the_same_global_batches(tmp_path):
         # the stated tolerance: every epoch's mean reconstruction and loss within 5 % (measured: 3.5 % at
         # most, where the two runs leave the mean-image plateau a few steps apart; see the module doc)
         assert abs(a["recon"] - b["recon"]) <= 0.05 * abs(b["recon"]), (a, b)
-        assert abs(a["loss"] - b["loss"]) <= 0.05 * abs(b["loss"]), (a, b)
+        # the neighbour term (weight gamma = 32) apart: it follows the two runs' clusters, which differ by a
+        # few points of agreement (0.72 against 0.55 nats at most, measured), and would dominate the loss
+        gamma = one.weights.gamma
+        rest_a, rest_b = a["loss"] - gamma * a["nbr"], b["loss"] - gamma * b["nbr"]
+        assert abs(rest_a - rest_b) <= 0.05 * abs(rest_b), (a, b)
+        assert abs(a["nbr"] - b["nbr"]) <= 0.3, (a, b)
     labels_one = one.predict(data, "mixture")
     for labels in (two["labels"], labels_one):  # both find the digits (chance: ACC ~0.1-0.2, NMI ~0)
         scores = clustering_scores(data.y, labels)
