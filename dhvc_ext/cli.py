@@ -1113,9 +1113,18 @@ def cmd_train(args, actions):
             return _interrupted(sig, run, args)
     from dhvc_ext import distributed
 
+    several = distributed.world_size() > 1
     if run is not None:
         run.trainer.release_process_group()
     distributed.finish()  # the other ranks wait for rank 0's results before the group goes
+    if several:
+        # Every result is written and the group is gone: leave without the interpreter's teardown. Under load
+        # a rank sometimes aborted there ("terminate called without an active exception", a C++ thread
+        # destroyed while joinable, seen twice in the 2-process resume test), turning a finished run into
+        # exit code -6; os._exit skips those destructors.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
