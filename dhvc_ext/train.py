@@ -452,13 +452,12 @@ class Trainer:
             self.neighbor_index = None
             return None
         if self.config.neighbor_space == "latent":
-            x = self.encode(dataset, sharded=self.world > 1)
-            x = dist.all_gather_rows(x) if self.world > 1 else x
+            x = dist.all_gather_rows(self.encode(dataset, sharded=self.world > 1))  # x itself with one process
         else:
             x = torch.cat([rows.to(self.device) for rows in self._loader(dataset, shuffle=False)])
         start, stop = dist.shard_range(n, self.rank, self.world)
         index = knn_indices(x, k, start=start, stop=stop)
-        self.neighbor_index = dist.all_gather_rows(index) if self.world > 1 else index
+        self.neighbor_index = dist.all_gather_rows(index)
         return self.neighbor_index
 
     @torch.no_grad()
@@ -471,7 +470,7 @@ class Trainer:
         if self.model.head is None:
             mu = mu.to(self.model.mixture.mu_raw.dtype)
         q = self.model.cluster_log_probs(mu).float().exp()
-        q = dist.all_gather_rows(q) if self.world > 1 else q
+        q = dist.all_gather_rows(q)
         self._targets = neighbor_targets(q, self.neighbor_index.to(q.device))
         return self._targets
 
