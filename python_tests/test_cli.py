@@ -80,7 +80,7 @@ def subset_labels():
 def run_dir(tmp_path_factory):
     """One complete run with progress bars and a profile (the reference of the resume tests)."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = dhvc("train", *TINY, "--out", out, "--progress", "--profile", "--profile-steps", "2")
+    result = dhvc("train", *TINY, "--device", "cpu", "--out", out, "--progress", "--profile", "--profile-steps", "2")
     assert result.returncode == 0, result.stderr
     return out, result
 
