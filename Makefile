@@ -73,4 +73,4 @@ cuda-check:
 	bash tools/cuda_compile_check.sh
 
 clean:
-	rm -rf build dhvc_ext/_C*.so dhvc_ext.egg-info .pytest_cache
+	rm -rf build dhvc_ext/_C*.so dhvc_ext/_build_info.py dhvc_ext.egg-info .pytest_cache

@@ -5,6 +5,11 @@
 CUDA sources are compiled when torch has CUDA, CUDA_HOME is found and a GPU is visible, or when FORCE_CUDA=1
 (cross-compiling on a machine without a GPU); FORCE_ONLY_CPU=1 skips them. Every decision is printed.
 Other switches: TORCH_CUDA_ARCH_LIST (torch's), MAX_JOBS (parallel compile jobs), DHVC_DEBUG=1 (-O0 -g).
+
+A compiled build is tied to the torch it was compiled against (torch's C++ ABI changes between minor
+versions): it records that torch in dhvc_ext/_build_info.py, which dhvc_ext checks at import
+(dhvc_ext/_torch_check.py), and its metadata requires torch==<major>.<minor>.*. The source distribution
+(`python -m build --sdist`, files from MANIFEST.in) compiles nothing and needs no torch.
 """
 import glob
 import os
@@ -12,17 +17,33 @@ import sys
 
 from setuptools import find_packages, setup
 
+# Metadata-only commands: the sdist, and the egg_info / dist_info runs a build backend makes before a build.
+SDIST = "sdist" in sys.argv[1:]
+METADATA_ONLY = SDIST or any(cmd in sys.argv[1:] for cmd in ("egg_info", "dist_info"))
+
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:  # pragma: no cover - the message is the point
-    sys.exit(
-        "dhvc-ext builds against the torch it will run with, and none is installed here.\n"
-        "Install torch first (for example `pip install torch==2.13.0` for the CPU build), then run\n"
-        "`pip install --no-build-isolation .` so the extension links against that torch."
-    )
+    if not METADATA_ONLY:
+        sys.exit(
+            "dhvc-ext builds against the torch it will run with, and none is installed here.\n"
+            "Install torch first (for example `pip install torch==2.13.0` for the CPU build), then run\n"
+            "`pip install --no-build-isolation .` so the extension links against that torch."
+        )
+    torch = None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# The runtime dependencies besides torch (pyproject.toml declares `dependencies` dynamic for the torch pin).
+RUNTIME_DEPS = [
+    "numpy>=1.23",
+    "scipy>=1.10",
+    "scikit-learn>=1.2",
+    "tqdm>=4.60",
+    "matplotlib>=3.6",
+    "tomli>=1.1; python_version < '3.11'",
+]
 
 
 def say(msg):
@@ -84,8 +105,42 @@ def extensions():
     ]
 
 
+def torch_requirement():
+    """The sdist runs on any torch it is built against; a compiled build only on its own major.minor."""
+    if SDIST or torch is None:
+        return "torch>=2.4"
+    major, minor = str(torch.__version__).split(".")[:2]
+    return f"torch=={major}.{minor}.*"
+
+
+BUILD_INFO = '''"""Written by setup.py when dhvc_ext._C was compiled (not in git): the torch it is tied to."""
+TORCH_VERSION = {version!r}
+'''
+
+
+if torch is not None:
+
+    class BuildExt(BuildExtension.with_options(use_ninja=True)):
+        """torch's build_ext, which also writes _build_info.py beside _C (in place for an editable build)."""
+
+        def build_info_path(self):
+            return os.path.join(os.path.dirname(self.get_ext_fullpath("dhvc_ext._C")), "_build_info.py")
+
+        def run(self):
+            super().run()
+            path = self.build_info_path()
+            with open(path, "w") as f:
+                f.write(BUILD_INFO.format(version=str(torch.__version__)))
+            say(f"recorded torch {torch.__version__} in {path}")
+
+        def get_outputs(self):
+            return super().get_outputs() + [self.build_info_path()]
+
+
+say(f"requires {torch_requirement()}")
 setup(
     packages=find_packages(include=["dhvc_ext", "dhvc_ext.*"]),
-    ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    install_requires=[torch_requirement()] + RUNTIME_DEPS,
+    ext_modules=[] if torch is None or SDIST else extensions(),
+    cmdclass={} if torch is None else {"build_ext": BuildExt},
 )

@@ -5,6 +5,10 @@ Layers, each importing only those below it: ``ops`` (the compiled kernels) -> ``
 leaves. ``reference`` (slow, obviously-correct versions) is for tests and benchmarks only. The modules from
 ``mixture`` up (scikit-learn, the networks) are imported on first use: ``dhvc_ext.DHVC`` loads them.
 """
+from dhvc_ext._torch_check import check_build
+
+check_build()  # before the kernels load: a build for another torch fails here with the fix, not in _C
+
 from dhvc_ext import distributions, ops
 from dhvc_ext.ops import bessel_iv_ratio, cuda_available, log_bessel_iv, vmf_log_normalizer, vmf_sample
 
