@@ -16,7 +16,7 @@ DEMO_OUT ?= build/demo-digits
 DEMO_ARGS ?=
 BUILD_LOG := build/pip-build.log
 
-.PHONY: demo test venv build cpp-test py-test bench cuda-check asan clean
+.PHONY: demo test venv build cpp-test py-test bench cuda-check sdist-check asan clean
 
 demo: build
 	$(VENV)/bin/dhvc train --data digits --clusters 10 --out $(DEMO_OUT) --overwrite $(DEMO_ARGS)
@@ -71,6 +71,11 @@ bench: build
 # Compile and link the CUDA kernels without a GPU (shared/ENV.md), in a separate venv and build folder.
 cuda-check:
 	bash tools/cuda_compile_check.sh
+
+# The sdist and a wheel built from it, each installed into a fresh venv with TORCH (default $(TORCH_DEFAULT))
+# and the runtime dependencies only, then smoke-tested outside the source tree.
+sdist-check:
+	TORCH="$(or $(TORCH),$(TORCH_DEFAULT))" bash tools/sdist_check.sh
 
 clean:
 	rm -rf build dhvc_ext/_C*.so dhvc_ext/_build_info.py dhvc_ext.egg-info .pytest_cache
