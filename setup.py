@@ -17,15 +17,17 @@ import sys
 
 from setuptools import find_packages, setup
 
-# Metadata-only commands: the sdist, and the egg_info / dist_info runs a build backend makes before a build.
+# The commands that need no torch: the sdist, and the egg_info run a build backend makes before any build.
+# A wheel's metadata (dist_info) names the torch it needs, so it does: pip then stops before it resolves the
+# dependencies (and fetches some torch) when the build would fail anyway.
 SDIST = "sdist" in sys.argv[1:]
-METADATA_ONLY = SDIST or any(cmd in sys.argv[1:] for cmd in ("egg_info", "dist_info"))
+NO_TORCH_OK = SDIST or "egg_info" in sys.argv[1:]
 
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:  # pragma: no cover - the message is the point
-    if not METADATA_ONLY:
+    if not NO_TORCH_OK:
         sys.exit(
             "dhvc-ext builds against the torch it will run with, and none is installed here.\n"
             "Install torch first (for example `pip install torch==2.13.0` for the CPU build), then run\n"

@@ -27,7 +27,7 @@ lap() { echo "sdist-check: $1 ($(( $(date +%s) - t0 )) s so far)"; }
 fail() { echo "sdist-check: FAILED: $*"; exit 1; }
 
 python3 -m venv "$VENV"
-"$PY" -m pip install -q build setuptools wheel > "$OUTDIR/venv.log" 2>&1 || { cat "$OUTDIR/venv.log"; fail "venv"; }
+"$PY" -m pip install -q --upgrade build setuptools wheel > "$OUTDIR/venv.log" 2>&1 || { cat "$OUTDIR/venv.log"; fail "venv"; }
 # No torch in the venv yet: the sdist must not need one.
 "$PY" -m build --sdist --no-isolation --outdir "$DIST" . > "$OUTDIR/sdist.log" 2>&1 \
   || { tail -n 30 "$OUTDIR/sdist.log"; fail "building the sdist (log: $OUTDIR/sdist.log)"; }
