@@ -329,12 +329,54 @@ def _package_version():
         return "unknown"
 
 
+#: The largest seed + 1: the mixture's initialisation seeds NumPy's RandomState, which takes 32 bits.
+SEED_LIMIT = 2**32
+
+
+def _check_paths(args, actions):
+    """A file or directory option given as the empty string (which would name the working directory)."""
+    for dest, action in actions.items():
+        if action.metavar in ("FILE", "DIR", "SOURCE") and getattr(args, dest, None) == "":
+            raise CLIError(EXIT_USAGE, f"{action.option_strings[0]} '': expected a path")
+
+
+def _check_arguments(args, actions):
+    """Checks of options, flags and --config alike, made before anything is read or written."""
+    _check_paths(args, actions)
+    if getattr(args, "quiet", None) and getattr(args, "progress", None):
+        raise CLIError(EXIT_USAGE, "--quiet and --progress contradict each other; pass one of them")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise CLIError(EXIT_USAGE, f"--seed {seed}: expected an integer 0 <= N < 2^32")
+    if getattr(args, "device", None) is not None:
+        _check_device(args.device)
+
+
+def _check_device(device):
+    """--device: auto, cpu, cuda or cuda:N, usable on this machine (else EXIT_USAGE)."""
+    import torch
+
+    from dhvc_ext.train import resolve_device
+
+    if device == "auto":
+        return
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        raise CLIError(EXIT_USAGE, f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as err:
+        raise CLIError(EXIT_USAGE, f"--device {device}: {err}") from None
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise CLIError(EXIT_USAGE, f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # --config files
 
 def _read_config(path, command):
-    """The mapping of options in a TOML, YAML or JSON file (the table named ``command`` when the file has
-    per-command tables)."""
+    """The mappings of options in a TOML, YAML or JSON file, and whether it has per-command tables: [the
+    file's mapping], or [its keys outside the tables, the table named ``command``] (the table's keys win)."""
     path = Path(path)
     if not path.exists():
         raise CLIError(EXIT_NOT_FOUND, f"--config {str(path)!r}: no such file")
@@ -372,9 +414,9 @@ def _read_config(path, command):
                        f"got a {type(data).__name__}")
     commands = ("train", "evaluate", "predict", "bench")
     if not any(isinstance(data.get(c), dict) for c in commands):
-        return data, False
+        return [data], False
     shared = {k: v for k, v in data.items() if k not in commands}
-    return {**shared, **(data.get(command) or {})}, True
+    return [shared, data.get(command) or {}], True
 
 
 def _convert(action, key, value, where):
@@ -417,11 +459,24 @@ def _apply_config(args, actions, all_actions):
         return
     where = f"--config {args.config}"
     aliases = {field: flag[2:].replace("-", "_") for field, flag, *_ in _train_fields()}
-    values, sectioned = _read_config(args.config, args.command)
+    levels, sectioned = _read_config(args.config, args.command)
     known_elsewhere = {k for other in all_actions.values() for k in other} | set(aliases)
-    for raw_key, value in values.items():
+
+    def option(raw_key):
         key = str(raw_key).replace("-", "_")
-        key = key if key in actions else aliases.get(key, key)
+        return key if key in actions else aliases.get(key, key)
+
+    values = {}  # option -> (key as written, value); a table's keys replace the shared ones
+    for level in levels:
+        spelled = {}
+        for raw_key, value in level.items():
+            key = option(raw_key)
+            if key in spelled:
+                raise CLIError(EXIT_USAGE, f"{where}: {spelled[key]!r} and {raw_key!r} are the same option; "
+                               "keep one")
+            spelled[key] = raw_key
+            values[key] = (raw_key, value)
+    for key, (raw_key, value) in values.items():
         if sectioned and key not in actions and key in known_elsewhere:
             continue  # a shared key for another command
         if key not in actions or key == "config":
@@ -611,6 +666,44 @@ def _write(path, writer, *args):
                        f"version of {Path(path).name} is intact") from None
 
 
+def _read_files(args, source=None, checkpoint=None):
+    """{option: [files]} of the files a command reads: the --config file, a --data file (or the checkpoint's
+    recorded data file), the checkpoint."""
+    files = {}
+    if getattr(args, "config", None):
+        files[f"--config {args.config}"] = [Path(args.config)]
+    if source is not None and source not in NAMED_DATA:
+        files[f"--data {source}" if source == getattr(args, "data", None) else
+              f"the checkpoint's training data {source}"] = [Path(source)]
+    if checkpoint is not None:
+        files[f"--checkpoint {args.checkpoint}"] = [Path(checkpoint)]
+    return files
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def _refuse_overwriting_inputs(outputs, inputs):
+    """EXIT_USAGE when a file of ``outputs`` ({option: [files it writes]}) is one that ``inputs`` ({option:
+    [files it reads]}) names, or one another output writes too: it would be replaced by the result."""
+    outputs = [(option, path) for option, paths in outputs.items() for path in paths]
+    for option, path in outputs:
+        for source, read in inputs.items():
+            for other in read:
+                if _same_file(path, other):
+                    raise CLIError(EXIT_USAGE, f"{option} would write over {other}, which {source} reads; "
+                                   "choose another output")
+    for i, (option, path) in enumerate(outputs):
+        for other_option, other in outputs[:i]:
+            if _same_file(path, other):
+                raise CLIError(EXIT_USAGE, f"{other_option} and {option} would both write {path}; choose two "
+                               "files")
+
+
 def _versions():
     import platform
 
@@ -680,8 +773,19 @@ def _load_checkpoint(path):
 
 
 def _trainer_from_state(state, path, device=None, threads=None):
-    from dhvc_ext.train import Trainer
+    from dhvc_ext.train import TrainConfig, Trainer
 
+    # A configuration that is not this TrainConfig's is a damaged or foreign file (EXIT_FORMAT), told apart
+    # here from weights that do not fit a valid configuration (EXIT_MISMATCH, in _make_trainer).
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(map(str, state["config"])) - fields - {"head_warmstart_steps"})  # see from_state_dict
+    if unknown:
+        raise CLIError(EXIT_FORMAT, f"{path}: its configuration has fields that TrainConfig does not have "
+                       f"({', '.join(unknown)}): not a checkpoint this dhvc_ext wrote")
+    try:
+        TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
+    except (TypeError, ValueError) as err:
+        raise CLIError(EXIT_FORMAT, f"{path}: its configuration is invalid ({err})") from None
     state = dict(state)
     if threads is not None:
         state["config"] = {**state["config"], "num_threads": threads}
@@ -755,10 +859,22 @@ def _prepare_out_dir(out, overwrite):
         for name in RUN_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
+    _remove_temporaries(out)
     return out
 
 
-def _new_run(args):
+def _remove_temporaries(out):
+    """What writes cut short by SIGKILL left in a run directory (``checkpoint.remove_temporaries``)."""
+    from dhvc_ext import checkpoint
+
+    try:
+        checkpoint.remove_temporaries(out, RUN_FILES)
+    except OSError as err:
+        raise CLIError(EXIT_NOT_WRITABLE, f"{out}: cannot remove the temporary files of an interrupted write "
+                       f"({err.strerror or err})") from None
+
+
+def _new_run(args, guard):
     import torch
 
     from dhvc_ext import checkpoint
@@ -789,6 +905,11 @@ def _new_run(args):
     if config.n_clusters > len(dataset):
         raise CLIError(EXIT_TOO_FEW, f"--clusters {config.n_clusters} is more than the {len(dataset)} samples of "
                        f"{dataset.name}; expected K <= n")
+    if config.likelihood == "bernoulli" and not dataset.unit_interval:
+        raise CLIError(EXIT_USAGE, f"--likelihood bernoulli models features in [0, 1], but --scaling {scaling} "
+                       f"gives {dataset.name} features outside [0, 1]; use --scaling minmax, or --likelihood gaussian")
+    _refuse_overwriting_inputs({f"--out {args.out}": [Path(args.out) / name for name in RUN_FILES]},
+                               _read_files(args, args.data))
     trainer = _make_trainer(lambda: Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
                                             unit_interval=dataset.unit_interval))
     main = _is_main()
@@ -801,11 +922,12 @@ def _new_run(args):
                options=dict(metrics_every=every, plots=args.plots is not False))
     if not main:
         return run
-    _write(out / RUN_JSON, checkpoint.write_json, dict(
-        format="dhvc_ext.run", format_version=1, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        command=["dhvc", *args.argv],
-        data=run.data_info, config=dataclasses.asdict(config), options=run.options))
-    _write(out / LAST, checkpoint.save, run.checkpoint())  # epoch 0: an early interruption is resumable too
+    with guard.critical():  # both or neither: a run.json without last.pt could be neither resumed nor restarted
+        _write(out / RUN_JSON, checkpoint.write_json, dict(
+            format="dhvc_ext.run", format_version=1, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            command=["dhvc", *args.argv],
+            data=run.data_info, config=dataclasses.asdict(config), options=run.options))
+        _write(out / LAST, checkpoint.save, run.checkpoint())  # epoch 0: an early interruption is resumable too
     return run
 
 
@@ -833,6 +955,9 @@ def _resume_run(args, actions):
         data_info, saved_config, options = saved["data"], saved["config"], saved["options"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CLIError(EXIT_FORMAT, f"--resume {out}: {RUN_JSON} is unreadable ({err!r})") from None
+    if not (out / LAST).exists() and not _read_log(out):
+        raise CLIError(EXIT_NOT_FOUND, f"--resume {out}: no {LAST} there: the run was stopped before its first "
+                       f"checkpoint; start it again with `dhvc train --overwrite` and the options of {RUN_JSON}")
     ckpt, state, path = _load_checkpoint(out / LAST)
     if _comparable(state["config"]) != _comparable(saved_config):
         diff = sorted(k for k in set(_comparable(state["config"])) | set(_comparable(saved_config))
@@ -861,11 +986,39 @@ def _resume_run(args, actions):
                elapsed_before=float(info.get("elapsed_s", 0.0)), sessions=int(info.get("sessions", 1)) + 1)
     if not _is_main():
         return run
+    _remove_temporaries(out)
+    _check_best(run)
     # The log may hold an epoch after the checkpoint's (killed between the two writes): drop it.
     entries = [e for e in _read_log(out) if e.get("epoch", 0) <= trainer.epoch]
     _write(out / LOG, checkpoint.atomic_write,
            lambda f: f.write("".join(json.dumps(e, allow_nan=False) + "\n" for e in entries).encode()))
     return run
+
+
+def _check_best(run):
+    """best.pt must hold the best epoch that last.pt records. A kill or a full disk between the writes of
+    last.pt and best.pt, or a hand, may have left it missing, damaged or older: when the best epoch is
+    last.pt's own (as it is after such a failed write), best.pt is copied from last.pt again; otherwise the
+    best model is lost, and the run stops with the code of the problem."""
+    from dhvc_ext import checkpoint
+
+    if run.best_epoch is None:  # no joint epoch yet: no best.pt to expect
+        return
+    best = run.out / BEST
+    try:
+        saved = checkpoint.trainer_state(_load_checkpoint(best)[0])["epoch"]
+        if saved == run.best_epoch:
+            return
+        code, problem = EXIT_MISMATCH, f"{best} holds epoch {saved}, not the best epoch {run.best_epoch}"
+    except CLIError as err:
+        code, problem = err.code, err.message
+    if run.best_epoch == run.trainer.epoch:
+        _write(best, lambda dst: checkpoint.copy(run.out / LAST, dst))
+        print(f"dhvc train: {problem}; rewrote {BEST} from {LAST}, which holds that epoch", file=sys.stderr)
+        return
+    raise CLIError(code, f"--resume {run.out}: {problem}; {LAST} holds epoch {run.trainer.epoch}, so the best "
+                   f"model of epoch {run.best_epoch} cannot be rebuilt; restore {BEST} from a copy, or start the run "
+                   "again with --overwrite")
 
 
 def _read_log(out):
@@ -1029,8 +1182,8 @@ def _finish(run, quiet):
     _write(out / LABELS, checkpoint.save_npy, labels.astype(np.int64))
     best = dict(epoch=run.best_epoch, loss=run.best_loss)
     if dataset.y is not None and run.best_epoch != trainer.epoch:
-        best_trainer = _trainer_from_state(checkpoint.trainer_state(checkpoint.load(out / BEST)), out / BEST,
-                                           device=str(trainer.device))
+        _, best_state, best_path = _load_checkpoint(out / BEST)
+        best_trainer = _trainer_from_state(best_state, best_path, device=str(trainer.device))
         best.update(_scores(dataset.y, best_trainer.predict(dataset)))
     elif dataset.y is not None:
         best.update({s: by_rule[rule][s] for s in SCORES})
@@ -1107,7 +1260,7 @@ def cmd_train(args, actions):
     with _SignalGuard() as guard:
         run = None
         try:
-            run = _resume_run(args, actions) if args.resume else _new_run(args)
+            run = _resume_run(args, actions) if args.resume else _new_run(args, guard)
             code = _train(run, args, guard)
         except _Interrupted as sig:
             return _interrupted(sig, run, args)
@@ -1277,6 +1430,10 @@ def cmd_evaluate(args, actions):
     if args.checkpoint is None:
         raise CLIError(EXIT_USAGE, "--checkpoint FILE is required")
     trainer, dataset, source, path = _evaluation_trainer(args)
+    if args.out is not None:
+        _refuse_overwriting_inputs({f"--out {args.out}": [Path(args.out) / name for name in
+                                                          ("evaluation.json", *PLOTS.values())]},
+                                   _read_files(args, source, path))
     which = args.which or trainer.config.predict_with
     if trainer.model.head is None:
         which = "mixture"
@@ -1330,6 +1487,9 @@ def cmd_predict(args, actions):
             if not parent.is_dir():
                 raise CLIError(EXIT_NOT_WRITABLE, f"cannot write {name}: {parent} is not a directory")
     trainer, dataset, source, path = _evaluation_trainer(args)
+    _refuse_overwriting_inputs({f"--{flag} {name}": [Path(name)] for flag, name in
+                                (("output", args.output), ("proba", args.proba)) if name is not None},
+                               _read_files(args, source, path))
     which = args.which or trainer.config.predict_with
     proba = trainer.predict_proba(dataset, which if trainer.model.head is not None else "mixture")
     labels = proba.argmax(axis=1).astype(np.int64)
@@ -1412,7 +1572,9 @@ def main(argv=None):
     previous = warnings.formatwarning
     warnings.formatwarning = _one_line_warning
     try:
+        _check_paths(args, actions[args.command])
         _apply_config(args, actions[args.command], actions)
+        _check_arguments(args, actions[args.command])
         return COMMANDS[args.command](args, actions[args.command])
     except CLIError as err:
         print(f"dhvc {args.command}: error: {err.message}", file=sys.stderr)

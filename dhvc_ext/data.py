@@ -41,6 +41,7 @@ _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x
 # Rows per chunk when streaming: at most 65536 rows and about 4M elements (32 MB as float64), so that a
 # chunk of 784-pixel images stays small while narrow tables still go in few passes.
 _CHUNK_ROWS, _CHUNK_ELEMENTS = 65536, 1 << 22
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -163,7 +164,11 @@ def load_dataset(source="digits", *, scaling="minmax", data_dir=None) -> Dataset
     if scaling == "minmax":
         # scale in float32 arithmetic, as features() computes, so the largest value maps to exactly 1.0
         offset, unit = np.float32(lo), True
-        scale = np.float32(hi) - offset if hi > lo else np.float32(1)
+        with np.errstate(over="ignore"):
+            scale = np.float32(hi) - offset if hi > lo else np.float32(1)
+        if not np.isfinite(scale):
+            raise NonFiniteDataError(f"{who}: the range of X, {lo:g} to {hi:g}, overflows float32 (max "
+                                     f"{_FLOAT32_MAX:.4g}); scale the data first, or use scaling='standard'")
     elif scaling == "standard":
         offset, scale = mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
     else:
@@ -177,6 +182,10 @@ def check_features(X, who: str = "X") -> np.ndarray:
     Same rules as the loaders: numeric dtype, n >= 1 and D >= 1, no NaN or inf (also after the cast, so a
     float64 value beyond float32's range is caught). Not copied if it is already a C-contiguous float32 array.
     """
+    if X is None:
+        raise TypeError(f"{who}: X is None; expected an array or tensor of shape (n_samples, n_features)")
+    if _is_sparse(X):
+        raise TypeError(f"{who}: sparse input ({type(X).__name__}) is not supported: use X.toarray()")
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu()
         X = X.float().numpy() if X.is_floating_point() else X.numpy()  # numpy has no bfloat16
@@ -185,6 +194,16 @@ def check_features(X, who: str = "X") -> np.ndarray:
         X = np.ascontiguousarray(X, dtype=np.float32)
     _scan(X, who, moments=False)
     return X
+
+
+def _is_sparse(X):
+    """A SciPy sparse matrix or array (without importing SciPy when it is not loaded), or a sparse tensor."""
+    import sys
+
+    if isinstance(X, torch.Tensor):
+        return X.layout != torch.strided
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(X)
 
 
 def _as_2d(X, who):
@@ -222,7 +241,10 @@ def _scan(X, who, moments):
     for start in range(0, n, step):
         block = np.asarray(X[start:start + step])
         if block.dtype.kind == "f":
-            bad = ~np.isfinite(block).all(axis=1)
+            # Features are float32: a finite float64 value beyond its range would become inf (or, scaled by a
+            # range that overflows, NaN) in training, so it is refused with NaN and inf.
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(block) <= _FLOAT32_MAX).all(axis=1)
             if bad.any():
                 first_bad = first_bad if n_bad else start + int(np.argmax(bad))
                 n_bad += int(bad.sum())
@@ -237,7 +259,8 @@ def _scan(X, who, moments):
             count = total
     if n_bad:
         raise NonFiniteDataError(f"{who}: {n_bad} of {n} rows contain NaN or inf (first bad row: {first_bad}); "
-                         "expected finite values")
+                                 f"expected finite values within float32's range (|x| <= {_FLOAT32_MAX:.4g}), the "
+                                 "dtype of the features")
     return lo, hi, mean, np.sqrt(m2 / max(count, 1))
 
 

@@ -11,10 +11,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +137,7 @@ def test_sigterm_then_sigint_then_resume_equals_the_uninterrupted_run(run_dir, t
     out = tmp_path / "run"
     # The reference was profiled and had progress bars: neither may change what is computed.
     for signum, session in ((signal.SIGTERM, 1), (signal.SIGINT, 2)):
-        args = ("train", *TINY, "--out", out) if session == 1 else ("train", "--resume", out)
+        args = ("train", *TINY, "--device", "cpu", "--out", out) if session == 1 else ("train", "--resume", out)
         done = epochs_logged(out)
         proc = spawn(*args)
         deadline = time.monotonic() + 120
@@ -408,3 +410,222 @@ def test_bench_runs_the_kernel_benchmarks_and_says_when_they_are_absent(call, tm
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| vmf_log_normalizer float32")]
     assert [r.split("|")[2].strip() for r in rows] == ["ours (1 thread)", "scipy (1 thread)"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What a hostile new user tried (issue 17): each through cli.main, the console script's entry point.
+
+SMALL_MODEL = ["--clusters", "3", "--hidden", "8", "--latent-dim", "3", "--pretrain-epochs", "1", "--epochs", "1",
+               "--threads", "1", "--mixture-n-init", "1", "--quiet", "--no-plots"]
+
+
+def copy_run(run_dir, tmp_path):
+    out, _ = run_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def test_predict_refuses_to_write_over_what_it_reads(call, run_dir, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    before = (out / "last.pt").read_bytes()
+    rc, _, err = call("predict", "--checkpoint", out / "last.pt", "--output", out / "last.pt")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "predict", "last.pt")
+    rc, _, err = call("predict", "--checkpoint", out, "--output", out / "last.pt")  # a run directory: its last.pt
+    assert rc == cli.EXIT_USAGE and (out / "last.pt").read_bytes() == before
+    rows = tmp_path / "rows.npy"
+    np.save(rows, load_dataset("digits", scaling=None).subset(50, seed=0).X)
+    data = rows.read_bytes()
+    rc, _, err = call("predict", "--checkpoint", out, "--data", rows, "--output", rows)
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "predict", "--data")
+    rc, _, err = call("predict", "--checkpoint", out, "--data", rows, "--output", tmp_path / "p.npy", "--proba", rows)
+    assert rc == cli.EXIT_USAGE and rows.read_bytes() == data
+    rc, _, err = call("predict", "--checkpoint", out, "--output", tmp_path / "f.npy", "--proba", tmp_path / "f.npy")
+    assert rc == cli.EXIT_USAGE and not (tmp_path / "f.npy").exists()
+    one_error_line(err, "predict", "--proba")
+    config = tmp_path / "c.toml"
+    config.write_text("which = 'mixture'\n")
+    rc, _, err = call("predict", "--config", config, "--checkpoint", out, "--output", config)
+    assert rc == cli.EXIT_USAGE and config.read_text() == "which = 'mixture'\n"
+    # without --data, the checkpoint's recorded training data count as read too (here: digits, no file)
+    rc, _, err = call("predict", "--checkpoint", out, "--output", tmp_path / "labels.npy")
+    assert rc == cli.EXIT_OK, err
+
+
+def test_stale_temporaries_are_removed_at_resume_and_at_start(call, run_dir, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    stale = [out / ".last.pt.k3j9x0ab.tmp", out / ".best.pt.zz_1y2w3.tmp", out / ".metrics.json.q1w2e3r4.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    keep = out / ".notes.tmp"  # not a temporary of a run file: left alone
+    keep.write_text("mine")
+    rc, _, err = call("train", "--resume", out, "--quiet", "--no-plots")
+    assert rc == cli.EXIT_OK, err
+    assert not any(p.exists() for p in stale) and keep.exists()
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    rc, _, err = call("train", "--data", "digits", "--subset", "100", *SMALL_MODEL, "--out", out, "--overwrite")
+    assert rc == cli.EXIT_OK, err
+    assert not any(p.exists() for p in stale)
+
+
+def test_a_device_that_is_not_one_is_a_usage_error_and_writes_nothing(call, tmp_path):
+    for device in ("tpu", "", "mps", "cuda:-1", "meta", "cpu:0", "cuda:99"):
+        target = tmp_path / f"run-{device or 'empty'}"
+        rc, _, err = call("train", "--data", "digits", *SMALL_MODEL, "--out", target, "--device", device)
+        assert rc == cli.EXIT_USAGE, (device, err)
+        one_error_line(err, "train", "--device")
+        assert not target.exists(), device
+
+
+def test_a_bad_device_with_a_checkpoint_is_a_usage_error_not_a_mismatch(call, run_dir, tmp_path):
+    out, _ = run_dir
+    for command in (["evaluate", "--checkpoint", out], ["predict", "--checkpoint", out, "--output", tmp_path / "l.npy"],
+                    ["train", "--resume", out]):
+        rc, _, err = call(*command, "--device", "tpu")
+        assert rc == cli.EXIT_USAGE, (command, err)
+        one_error_line(err, command[0], "--device")
+    assert not (tmp_path / "l.npy").exists()
+
+
+def test_a_seed_beyond_32_bits_is_refused_before_training(call, tmp_path):
+    for seed in (2**32, 2**40, -1):
+        rc, _, err = call("train", "--data", "digits", *SMALL_MODEL, "--out", tmp_path / "s", "--seed", seed)
+        assert rc == cli.EXIT_USAGE, (seed, err)
+        one_error_line(err, "train", "--seed")
+        assert not (tmp_path / "s").exists()
+    rc, _, err = call("evaluate", "--checkpoint", tmp_path / "none.pt", "--subset", "10", "--seed", 2**32)
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "evaluate", "--seed")
+
+
+def test_a_damaged_best_checkpoint_at_resume(call, run_dir, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    last = checkpoint.load(out / "last.pt")
+    assert last["run"]["best_epoch"] == last["trainer"]["epoch"] == 10  # the reference's best is its last epoch
+    # best.pt gone, or left at an earlier epoch by a full disk during its copy while last.pt already records
+    # the new best: last.pt holds that epoch, so best.pt is written again from it
+    stale = checkpoint.load(out / "best.pt")
+    stale["trainer"]["epoch"] = 8
+    for damage in (lambda: (out / "best.pt").unlink(), lambda: checkpoint.save(out / "best.pt", stale)):
+        damage()
+        rc, _, err = call("train", "--resume", out, "--quiet", "--no-plots")
+        assert rc == cli.EXIT_OK, err
+        assert "rewrote best.pt" in err
+        assert checkpoint.load(out / "best.pt")["trainer"]["epoch"] == 10
+        assert json.loads((out / "metrics.json").read_text())["best"]["epoch"] == 10
+    # a best epoch before the last one cannot be rebuilt: the run stops with the problem's code
+    checkpoint.save(out / "last.pt", dict(last, run=dict(last["run"], best_epoch=7)))
+    (out / "best.pt").unlink()
+    rc, _, err = call("train", "--resume", out, "--quiet")
+    assert rc == cli.EXIT_NOT_FOUND
+    one_error_line(err, "train", "epoch 7")
+    data = (run_dir[0] / "best.pt").read_bytes()
+    (out / "best.pt").write_bytes(data[: len(data) // 3])
+    rc, _, err = call("train", "--resume", out, "--quiet")
+    assert rc == cli.EXIT_FORMAT
+    one_error_line(err, "train", "best.pt")
+
+
+def refused_by_evaluate_and_predict(call, path, tmp_path, code, text):
+    for command in (("evaluate", "--checkpoint", path),
+                    ("predict", "--checkpoint", path, "--output", tmp_path / "labels.npy")):
+        rc, _, err = call(*command)
+        assert rc == code, err
+        one_error_line(err, command[0], text)
+    assert not (tmp_path / "labels.npy").exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(call, run_dir, tmp_path):
+    ckpt = checkpoint.load(run_dir[0] / "last.pt")
+    model = dict(ckpt["trainer"]["model"])
+    name = next(k for k, v in model.items() if v.is_floating_point())
+    model[name] = model[name] * float("nan")
+    checkpoint.save(tmp_path / "nan.pt", dict(ckpt, trainer=dict(ckpt["trainer"], model=model)))
+    refused_by_evaluate_and_predict(call, tmp_path / "nan.pt", tmp_path, cli.EXIT_FORMAT, "non-finite")
+
+
+def test_a_file_that_is_no_torch_file_is_unreadable_not_unsafe(call, tmp_path):
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(0).bytes(5000))
+    refused_by_evaluate_and_predict(call, tmp_path / "random.pt", tmp_path, cli.EXIT_FORMAT, "not a torch file")
+    np.save(tmp_path / "array.npy", np.zeros((3, 3)))
+    refused_by_evaluate_and_predict(call, tmp_path / "array.npy", tmp_path, cli.EXIT_FORMAT, "not a torch file")
+
+
+def test_a_checkpoint_with_a_foreign_configuration_is_unreadable(call, run_dir, tmp_path):
+    ckpt = checkpoint.load(run_dir[0] / "last.pt")
+    for field, value in (("colour", "blue"), ("latent_dim", -4), ("hidden", "wide")):
+        foreign = dict(ckpt, trainer=dict(ckpt["trainer"], config={**ckpt["trainer"]["config"], field: value}))
+        checkpoint.save(tmp_path / "foreign.pt", foreign)
+        refused_by_evaluate_and_predict(call, tmp_path / "foreign.pt", tmp_path, cli.EXIT_FORMAT, "configuration")
+
+
+def flip_a_bit_in_tensor_data(path):
+    """Flip one bit in the middle of the largest tensor's bytes of the torch zip archive at ``path``."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10  # stored, not compressed
+    path.write_bytes(bytes(raw))
+
+
+def test_a_flipped_bit_in_the_weights_fails_the_checksum(call, run_dir, tmp_path):
+    flipped = tmp_path / "flipped.pt"
+    shutil.copy(run_dir[0] / "last.pt", flipped)
+    flip_a_bit_in_tensor_data(flipped)
+    refused_by_evaluate_and_predict(call, flipped, tmp_path, cli.EXIT_FORMAT, "checksum")
+
+
+def test_an_empty_path_is_a_usage_error(call, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where --out "" would write the run
+    rc, _, err = call("train", "--data", "digits", *SMALL_MODEL, "--out", "")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "train", "--out")
+    rc, _, err = call("predict", "--checkpoint", "", "--output", "labels.npy")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "predict", "--checkpoint")
+    assert not list(tmp_path.iterdir())
+
+
+def test_quiet_and_progress_conflict(call, tmp_path):
+    rc, _, err = call("train", "--data", "digits", *SMALL_MODEL, "--out", tmp_path / "r", "--progress")
+    assert rc == cli.EXIT_USAGE  # SMALL_MODEL has --quiet
+    one_error_line(err, "train", "--quiet and --progress")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bernoulli_likelihood_needs_features_in_the_unit_interval(call, tmp_path):
+    rc, _, err = call("train", "--data", "digits", "--subset", "100", *SMALL_MODEL, "--out", tmp_path / "r",
+                      "--likelihood", "bernoulli", "--scaling", "standard")
+    assert rc == cli.EXIT_USAGE
+    one_error_line(err, "train", "bernoulli")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_file_naming_an_option_twice_is_refused(call, tmp_path):
+    config = tmp_path / "c.toml"
+    for text, named in (("latent_dim = 4\nlatent-dim = 6\n", "latent-dim"), ("clusters = 4\nn_clusters = 6\n", "n_clusters"),
+                        ("[train]\npretrain_lr = 1e-3\npretrain-lr = 2e-3\n", "pretrain-lr")):
+        config.write_text(text)
+        rc, _, err = call("train", "--config", config, "--data", "digits", "--out", tmp_path / "r")
+        assert rc == cli.EXIT_USAGE, text
+        one_error_line(err, "train", named)
+    assert not (tmp_path / "r").exists()
+    # a table's key still replaces the same key outside the tables
+    config.write_text("clusters = 4\n[train]\nclusters = 5\n")
+    parser, actions = cli._build_parser()
+    args = parser.parse_args(["train", "--config", str(config)])
+    cli._apply_config(args, actions["train"], actions)
+    assert args.clusters == 5
+
+
+def test_data_beyond_float32_is_non_finite_data(call, tmp_path):
+    X = np.random.default_rng(0).random((40, 4)) * 1e300  # finite in float64, inf as the float32 features
+    np.save(tmp_path / "huge.npy", X)
+    rc, _, err = call("train", "--data", tmp_path / "huge.npy", *SMALL_MODEL, "--out", tmp_path / "r")
+    assert rc == cli.EXIT_NONFINITE
+    one_error_line(err, "train", "float32")
+    assert not (tmp_path / "r").exists()

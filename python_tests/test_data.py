@@ -241,3 +241,35 @@ def test_subset_is_reproducible():
         data.subset(0)
     rows = Dataset(np.arange(50)[:, None], None, "rows").subset(50, seed=1)
     np.testing.assert_array_equal(rows.X[:, 0], np.arange(50))  # without replacement: every row once
+
+
+@pytest.mark.parametrize("scaling", ["minmax", "standard", None])
+def test_finite_float64_beyond_float32_is_non_finite_data(tmp_path, scaling):
+    # The features are float32: 1e300 would be inf (scaled by a range that overflows, NaN) in training.
+    X = np.random.default_rng(0).random((30, 4))
+    X[17, 2] = 1e300
+    np.save(tmp_path / "huge.npy", X)
+    with pytest.raises(NonFiniteDataError, match=r"1 of 30 rows contain NaN or inf \(first bad row: 17\).*float32"):
+        load_dataset(tmp_path / "huge.npy", scaling=scaling)
+    X[17, 2], X[3, 0] = 3e38, -3e38  # each fits float32, their range does not
+    np.save(tmp_path / "wide.npy", X)
+    with pytest.raises(NonFiniteDataError, match="overflows float32"):
+        load_dataset(tmp_path / "wide.npy", scaling="minmax")
+
+
+def test_sparse_and_none_are_type_errors_that_say_what_to_do():
+    import scipy.sparse
+
+    from dhvc_ext import DHVC
+
+    X = scipy.sparse.random(20, 5, density=0.3, format="csr", random_state=0)
+    for value in (X, X.tocoo(), scipy.sparse.csr_array(X), torch.eye(3).to_sparse()):
+        with pytest.raises(TypeError, match=r"sparse input .* is not supported: use X.toarray\(\)"):
+            check_features(value, who="DHVC")
+    with pytest.raises(TypeError, match="X is None"):
+        check_features(None)
+    model = DHVC(n_clusters=2, hidden=(4,), latent_dim=2, pretrain_epochs=1, epochs=0)
+    with pytest.raises(TypeError, match="toarray"):  # before any training
+        model.fit(X)
+    with pytest.raises(TypeError, match="X is None"):
+        model.fit(None)
