@@ -240,12 +240,17 @@ class VMFMixture(torch.nn.Module):
 # Estimators
 
 
-def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.float64):
-    """X (NumPy array, torch tensor or nested list) -> (N, d) tensor of unit rows on device in dtype."""
+def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.float64, first_row=0):
+    """X (NumPy array, torch tensor or nested list) -> (N, d) tensor of unit rows on device in dtype.
+    ``first_row``: the index of X's first row in the whole data (a streamed chunk's), for the messages."""
     if isinstance(X, torch.Tensor):
+        if X.is_complex():
+            raise TypeError(f"{who}: X must be real, got a {X.dtype} tensor")
         z = X.detach().to(device=device, dtype=dtype)
     else:
         array = np.asarray(X)
+        if array.dtype.kind == "c":
+            raise TypeError(f"{who}: X must be real, got an array of {array.dtype}")
         if array.dtype not in (np.float32, np.float64):
             array = np.asarray(array, dtype=np.float64)
         # float32 rows go to torch as they are (widening is exact): a streamed float32 chunk computed in
@@ -265,16 +270,23 @@ def _as_unit_rows(X, who, dim=None, normalize=True, device=None, dtype=torch.flo
     if not (math.isfinite(smallest) and math.isfinite(largest)):
         finite = torch.isfinite(z).all(dim=1)
         if not bool(finite.all()):
-            raise ValueError(f"{who}: X contains NaN or infinity (row {int((~finite).nonzero()[0])})")
+            raise ValueError(f"{who}: X contains NaN or infinity (row {first_row + int((~finite).nonzero()[0])})")
     if normalize:
-        if smallest == 0:
-            raise ValueError(f"{who}: row {int((norm == 0).nonzero()[0])} of X is zero and has no direction")
+        if not (largest < math.inf and smallest >= math.sqrt(torch.finfo(z.dtype).tiny)):
+            # The sum of squares overflowed (a finite row of norm beyond the dtype's range would become a zero
+            # vector) or may have underflowed: divide each row by its largest entry first, then normalise.
+            peak = z.abs().amax(dim=1)
+            if not bool((peak > 0).all()):
+                i = first_row + int((peak == 0).nonzero()[0])
+                raise ValueError(f"{who}: row {i} of X is zero and has no direction")
+            z = z / peak[:, None]
+            norm = torch.linalg.vector_norm(z, dim=1)
         return z / norm[:, None]
     tol = max(torch.finfo(dtype).eps ** 0.5, 1e-6)
     bad = (norm - 1).abs() > tol
     if bool(bad.any()):
         i = int(bad.nonzero()[0])
-        raise ValueError(f"{who}: normalize=False but row {i} of X has norm {float(norm[i]):g}, not 1")
+        raise ValueError(f"{who}: normalize=False but row {first_row + i} of X has norm {float(norm[i]):g}, not 1")
     return z
 
 
@@ -487,12 +499,14 @@ class VonMisesFisherMixture(BaseEstimator):
         dim = None
 
         def chunks():
+            first_row = 0
             for chunk in read():
                 if not isinstance(chunk, (np.ndarray, torch.Tensor)):
                     chunk = np.asarray(chunk, dtype=np.float64)
                 if chunk.ndim >= 1 and chunk.shape[0] == 0:
                     continue
-                z = _as_unit_rows(chunk, who, dim, self.normalize, self.device, self.dtype)
+                z = _as_unit_rows(chunk, who, dim, self.normalize, self.device, self.dtype, first_row)
+                first_row += z.shape[0]
                 yield z
 
         n_local, kept = 0, []

@@ -339,3 +339,43 @@ def test_spherical_kmeans_recovers_clusters():
         SphericalKMeans(3).predict(z)
     again = SphericalKMeans(10, n_init=4, random_state=0).fit(z)
     np.testing.assert_array_equal(again.cluster_centers_, km.cluster_centers_)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs a hostile user tried (issue 17)
+
+
+@pytest.mark.parametrize("dtype, factor", [(torch.float32, 1e20), (torch.float32, 1e-30), (torch.float64, 1e155),
+                                           (torch.float64, 1e-170)])
+def test_rows_of_huge_or_tiny_norm_keep_their_direction(small_data, dtype, factor):
+    # Their squared norms overflow (or underflow) the dtype although every entry is finite.
+    X, _ = small_data
+    est = VonMisesFisherMixture(3, random_state=0, dtype=dtype).fit(X)
+    scaled = X.astype(np.float32 if dtype == torch.float32 else np.float64)
+    scaled[[5, 9]] = scaled[[5, 9]] * factor
+    np.testing.assert_array_equal(est.predict(scaled), est.predict(X))
+    np.testing.assert_allclose(est.score_samples(scaled), est.score_samples(X), rtol=1e-4)
+    refit = VonMisesFisherMixture(3, random_state=0, dtype=dtype).fit(scaled)
+    np.testing.assert_allclose(refit.means_, est.means_, atol=1e-4)
+
+
+def test_complex_input_is_a_type_error(small_data):
+    X, _ = small_data
+    for bad in (X + 1j * X, torch.from_numpy(X).to(torch.complex128), [[1 + 2j, 3.0], [1.0, 0.5]]):
+        with pytest.raises(TypeError, match="real"):
+            VonMisesFisherMixture(2, random_state=0).fit(bad)
+
+
+@pytest.mark.parametrize("kind", ["list", "memmap"])
+def test_streamed_errors_name_the_global_row(tmp_path, small_data, kind):
+    X, _ = small_data
+    for value, text in ((np.nan, "NaN or infinity (row 150)"), (0.0, "row 150 of X is zero")):
+        bad = X.copy()
+        bad[150] = value
+        if kind == "list":
+            data = [bad[i:i + 100] for i in range(0, len(bad), 100)]
+        else:
+            np.save(tmp_path / "X.npy", bad)
+            data = np.load(tmp_path / "X.npy", mmap_mode="r")
+        with pytest.raises(ValueError, match=text.replace("(", r"\(").replace(")", r"\)")):
+            VonMisesFisherMixture(3, random_state=0, chunk_size=100).fit(data)
