@@ -84,19 +84,20 @@ def test_estep_op_opcheck_and_edges(device):
 
 
 @pytest.mark.parametrize("k", [3, 100])
-def test_estep_op_blocks_with_non_finite_rows(k, dtype):
+def test_estep_op_blocks_with_non_finite_rows(k, device, dtype):
     """Several blocks of rows (the CPU kernel works on blocks, vectorised over their rows), with rows of NaN,
-    +inf and all -inf scores in some of them: the composite's values, NaNs and infinities, row by row, and
-    the same bits whatever the number of threads."""
+    +inf and all -inf scores in some of them: the composite's values, NaNs and infinities, row by row (the
+    row maximum must not skip NaN: an all-NaN row has lse NaN, not -inf), and on the CPU the same bits
+    whatever the number of threads."""
     n, d = 5003, 16
     g = torch.Generator().manual_seed(k)
     z = torch.randn(n, d, generator=g, dtype=F64)
     w = 20 * torch.randn(k, d, generator=g, dtype=F64)
     bias = torch.randn(k, generator=g, dtype=F64)
-    z[17, 3] = math.nan  # a NaN row
+    z[17, 3] = math.nan  # a NaN row: every score NaN
     z[2500] = 0.0
     z[2500, 0] = math.inf  # +inf scores where w[:, 0] > 0, -inf where < 0
-    z, w, bias = z.to(dtype), w.to(dtype), bias.to(dtype)
+    z, w, bias = (t.to(device=device, dtype=dtype) for t in (z, w, bias))
     bias_inf = bias.clone()
     bias_inf[:] = -math.inf  # every score -inf: lse = -inf, log_resp NaN
     op = torch.ops.dhvc_ext._vmfmm_scores_log_softmax
@@ -111,6 +112,15 @@ def test_estep_op_blocks_with_non_finite_rows(k, dtype):
     assert torch.isfinite(lr[18]).all() and (lr[18].exp().sum() - 1).abs() < 1e-5
     lr_inf, lse_inf = op(z[18:1500], w, bias_inf)
     assert (lse_inf == -math.inf).all() and torch.isnan(lr_inf).all()
+    # NaN beside +inf and beside -inf (torch.logsumexp gives NaN for both): a NaN component (w row 0 NaN)
+    # next to the +inf row 2500, and next to components of bias -inf.
+    w_nan = w.clone()
+    w_nan[0] = math.nan
+    for b in (bias, bias_inf):
+        lr_nan, lse_nan = op(z[2495:2505], w_nan, b)
+        assert torch.isnan(lse_nan).all() and torch.isnan(lr_nan).all()
+    if device.type != "cpu":
+        return
     # One thread against two.
     threads = torch.get_num_threads()
     try:
@@ -277,6 +287,114 @@ def test_em_statistics_op_non_finite_rows(hard, device):
         assert counts.tolist() == [5000.0, 0.0, 0.0, 0.0]
     else:
         assert torch.isnan(counts).all()
+
+
+def test_em_statistics_hard_sums_each_row_in_double(device, dtype):
+    # Hard mode adds each row to its own component only, in double. The values lie on a grid of 2^-12 in
+    # [-1, 3], so every partial sum over these 2^20 rows is exact in double, and N_k and S_k must be the exact
+    # sums rounded once to the dtype, bit for bit (a float32 running sum, or a one-hot float32 product r^T z,
+    # rounds on the way). Each row's own coordinate is in [2, 3] and the others in [-1, 1], w = 100 I: the
+    # argmax is beyond doubt. Row 77 has a NaN coordinate, so every score of it is NaN (0 * NaN in the
+    # products): it goes to its first NaN score, component 0 (as torch.argmax), and makes NaN that component's
+    # coordinate only (a one-hot product r^T z would spread it to every component through 0 * NaN).
+    n, d, k = 2**20 + 123, 3, 3
+    g = torch.Generator().manual_seed(21)
+    labels = torch.randint(0, k, (n,), generator=g)
+    z = torch.randint(-4096, 4097, (n, d), generator=g).double() / 4096
+    z[torch.arange(n), labels] = 2 + torch.randint(0, 4097, (n,), generator=g).double() / 4096
+    z[77, 1] = math.nan
+    labels[77] = 0
+    w = 100 * torch.eye(k, dtype=F64)
+    bias = torch.zeros(k, dtype=F64)
+    want_counts = torch.bincount(labels, minlength=k).double()
+    want_sums = torch.zeros(k, d, dtype=F64).index_add_(0, labels, z)
+    op = torch.ops.dhvc_ext._vmfmm_em_statistics
+    counts, sums, total = op(*(t.to(device=device, dtype=dtype) for t in (z, w, bias)), True)
+    assert torch.equal(counts.cpu(), want_counts.to(dtype))
+    torch.testing.assert_close(sums.cpu(), want_sums.to(dtype), rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(sums).sum().item() == 1 and math.isnan(total.item())
+
+
+def test_em_statistics_soft_float32_sums_in_double(device):
+    # Soft float32 S_k: no float32 sum of r_n z_n may run over more than one block of rows (2048 rows on both
+    # devices, 1504 on the CPU's small-product path) before the double accumulators. One component (r = 1
+    # exactly) and every row equal to v, whose coordinates have 13 significant bits: a sum of at most 2048 of
+    # them is exact in float32, any sum of them exact in double, so S_1 = N v rounded once to float32 -- where
+    # a float32 running sum over 2^22 rows loses bits. N = 2^22 + 1000: whole blocks and a tail.
+    n = 2**22 + 1000
+    v = torch.tensor([6792.0, -5016.0, 4097.0], dtype=F64) / 8192
+    z = v.expand(n, 3).to(device=device, dtype=torch.float32).contiguous()
+    w = (3.0 * v).to(device=device, dtype=torch.float32)[None]
+    bias = torch.zeros(1, device=device, dtype=torch.float32)
+    counts, sums, total = torch.ops.dhvc_ext._vmfmm_em_statistics(z, w, bias, False)
+    assert counts.item() == n
+    assert torch.equal(sums.cpu(), (n * v).float()[None]), (sums.cpu().double() - n * v).tolist()
+
+
+def _float32_mixture(device):
+    # kappa 100 to 1600 at d = 64: a TF32 product errs by about 1e-3 kappa nats, a bfloat16 one more; float32
+    # by about 1e-3 nats at most.
+    return mixture(4096, 64, 16, seed=3, dtype=torch.float32, device=device, kappas=(100.0,))
+
+
+class _Setting:
+    """bf16 autocast, TF32 allowed, or TF32 allowed with cuBLASLt preferred, for the scope; restored after."""
+
+    def __init__(self, name, device):
+        self.name, self.device = name, device
+
+    def __enter__(self):
+        self.precision = torch.get_float32_matmul_precision()
+        if self.name == "bf16-autocast":
+            self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16)
+            self.autocast.__enter__()
+        else:
+            torch.set_float32_matmul_precision("high")
+        if self.name == "tf32-cublaslt":
+            self.blas = torch.backends.cuda.preferred_blas_library()
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+        return self
+
+    def __exit__(self, *exc):
+        if self.name == "bf16-autocast":
+            self.autocast.__exit__(*exc)
+        torch.set_float32_matmul_precision(self.precision)
+        if self.name == "tf32-cublaslt":
+            torch.backends.cuda.preferred_blas_library(self.blas)
+        return False
+
+
+@pytest.mark.parametrize("setting", ["bf16-autocast", "tf32", "tf32-cublaslt"])
+def test_products_in_full_precision_under_autocast_and_tf32(setting, device):
+    # The kernels' internal products are theirs: under bf16 autocast they stay float32 (an autocast product
+    # came back in bfloat16, so that the E-step's dispatch failed and the EM sums were rounded to bfloat16), and
+    # with TF32 allowed they do not use it. Both settings must leave the float32 results the same bits as
+    # without them; with cuBLASLt preferred (whose paths ignore torch's no-TF32 guard) the float32 products
+    # are taken in float64, so the results are as close to the float64 ones as the plain float32 ones are.
+    if setting == "tf32-cublaslt" and device.type != "cuda":
+        pytest.skip("cuBLASLt is a CUDA backend")
+    z, mu, kappa, log_pi = _float32_mixture(device)
+    plain_e = vmfmm_log_responsibilities(z, mu, kappa, log_pi)
+    plain_em = [vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard) for hard in (False, True)]
+    with _Setting(setting, device):
+        if setting == "bf16-autocast":  # in force: a plain product is autocast
+            assert (z @ mu.t()).dtype == torch.bfloat16
+        ours_e = vmfmm_log_responsibilities(z, mu, kappa, log_pi)
+        ours_em = [vmfmm_em_statistics(z, mu, kappa, log_pi, hard=hard) for hard in (False, True)]
+    assert all(t.dtype == torch.float32 for t in ours_e)
+    assert all(t.dtype == torch.float32 for got in ours_em for t in got[:2])
+    if setting != "tf32-cublaslt":
+        for ours, plain in zip([*ours_e, *ours_em[0], *ours_em[1]], [*plain_e, *plain_em[0], *plain_em[1]]):
+            assert torch.equal(ours, plain)
+        return
+    ref_e = vmfmm_log_responsibilities(*(t.double() for t in (z, mu, kappa, log_pi)))
+    for ours, plain, ref in zip(ours_e, plain_e, ref_e):
+        our_err = (ours.double() - ref).abs().max().item()
+        plain_err = (plain.double() - ref).abs().max().item()
+        assert our_err <= 2 * plain_err + 1e-4, (our_err, plain_err)
+    for hard, ours in zip((False, True), ours_em):
+        ref = em_reference(z, mu, kappa, log_pi, hard)
+        assert_em_close(ours, ref, z.shape[0], torch.float32, plain=em_plain(z, mu, kappa, log_pi, hard))
 
 
 def test_em_statistics_opcheck(device, dtype):
