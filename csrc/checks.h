@@ -43,6 +43,13 @@ inline void check_vmf_sample_inputs(const at::Tensor& loc, const at::Tensor& con
 inline void check_vmf_sample_backward_inputs(const at::Tensor& grad, const at::Tensor& samples,
                                              const at::Tensor& one_minus_w, const at::Tensor& loc,
                                              const at::Tensor& concentration) {
+  // The kernels read every tensor through raw pointers on loc's device: a tensor elsewhere would be a host
+  // pointer read on the GPU (or the reverse).
+  TORCH_CHECK(grad.device() == loc.device() && samples.device() == loc.device() &&
+                  one_minus_w.device() == loc.device() && concentration.device() == loc.device(),
+              "_vmf_sample_backward: grad, samples, one_minus_w, loc and concentration must be on one device, got ",
+              grad.device(), ", ", samples.device(), ", ", one_minus_w.device(), ", ", loc.device(), ", ",
+              concentration.device());
   TORCH_CHECK(grad.sizes() == samples.sizes() && samples.sizes() == loc.sizes(),
               "_vmf_sample_backward: grad, samples and loc must have one shape");
   TORCH_CHECK(grad.scalar_type() == loc.scalar_type() && samples.scalar_type() == loc.scalar_type(),

@@ -357,6 +357,26 @@ def test_errors(device):
         vmf_sample(torch.eye(3, device=device), torch.ones(4, device=device))
 
 
+@pytest.mark.parametrize("which", ["grad", "samples", "one_minus_w", "loc", "concentration"])
+def test_backward_op_requires_one_device(which, device):
+    # _vmf_sample_backward reads every tensor through raw pointers on loc's device: one elsewhere must be an
+    # error naming the arguments, never a host pointer read on the GPU. On CUDA: one argument on the CPU
+    # (the dispatcher picks the CUDA kernel). The CPU twin: the CPU kernel, reached by redispatch, with one
+    # argument on the meta device (whose data pointer is null: without the check it would crash).
+    n, d = 5, 3
+    loc = unit_vector(d, seed=1, device=device).expand(n, d).contiguous()
+    args = {"grad": torch.ones(n, d, dtype=torch.float64, device=device), "samples": loc.clone(),
+            "one_minus_w": torch.zeros(n, dtype=torch.float64, device=device), "loc": loc,
+            "concentration": torch.ones(n, dtype=torch.float64, device=device)}
+    args[which] = args[which].to("cpu" if device.type == "cuda" else "meta")
+    op = torch.ops.dhvc_ext._vmf_sample_backward.default
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        if device.type == "cuda":
+            op(*args.values(), True, True)
+        else:
+            op.redispatch(torch._C.DispatchKeySet(torch._C.DispatchKey.CPU), *args.values(), True, True)
+
+
 # --- seeding ---------------------------------------------------------------------------------------------
 
 
