@@ -99,6 +99,31 @@ def test_log_prob_matches_scipy(d, kappa, dtype, device):
         assert err.max() <= 8 * EPS32 * (1 + log_c + kappa)
 
 
+def mp_log_prob_at_mode(d, kappa):
+    """log C_d(kappa) + kappa, the density's log at its mode, from mpmath at 60 digits (the sum taken there)."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(60):
+        nu, k = mpmath.mpf(d) / 2 - 1, mpmath.mpf(kappa)
+        return float(nu * mpmath.log(k) - mpmath.mpf(d) / 2 * mpmath.log(2 * mpmath.pi)
+                     - mpmath.log(mpmath.besseli(nu, k)) + k)
+
+
+@pytest.mark.parametrize("d", [3, 5, 64])
+@pytest.mark.parametrize("kappa", [1e3, 1e5, 1e8, 1e12])
+def test_float32_log_prob_at_large_kappa_is_within_1e3_of_float64(d, kappa):
+    # log C_d(kappa) is about -kappa: summed with kappa mu^T z in float32 it lost 20 nats at kappa = 1e8 (at
+    # the mode, d = 5: 32.0 for 33.17) and 1e5 at 1e12.
+    mu = unit(d, seed=d, dtype=torch.float32)
+    z = torch.cat([mu[None], score_points(mu.double(), kappa, 20, seed=d + 1).float()])
+    got = VonMisesFisher(mu, torch.tensor(kappa), validate_args=False).log_prob(z)
+    assert got.dtype == torch.float32
+    # float64 on exactly these (rounded) inputs
+    ref = VonMisesFisher(mu.double(), torch.tensor(kappa, dtype=F64), validate_args=False).log_prob(z.double())
+    assert ((got.double() - ref).abs() / ref.abs().clamp(min=1)).max() <= 1e-3
+    mode = mp_log_prob_at_mode(d, kappa)
+    assert abs(got[0].item() - mode) <= 1e-3 * abs(mode) and abs(ref[0].item() - mode) <= 1e-5 * abs(mode)
+
+
 # SciPy 1.17 computes log C_d as ... - log(ive(nu, kappa)) - kappa; ive underflows to 0 for kappa << nu, so
 # its log C_d, logpdf and entropy are +inf / NaN at these points (observed; e.g. d = 1000, kappa = 50 and
 # d = 10000, kappa = 1e4), while the exact values are moderate numbers.
@@ -591,9 +616,13 @@ def test_without_validation():
     dist = VonMisesFisher(loc * 2, kappa, validate_args=False)  # neither is checked
     z = unit((2, 3), seed=1)
     lp = dist.log_prob(z * 3)
-    # log_prob is the formula with whatever it is given; the negative concentration is NaN from the ops.
-    ref = VonMisesFisher(loc[0], 1.0).log_prob(z[0]).item() + 1.0 * ((loc[0] * 2) @ (z[0] * 3) - loc[0] @ z[0]).item()
+    # log_prob is its expression (log C_d + kappa) - kappa |z - mu|^2 / 2 with whatever it is given (on the
+    # sphere, the formula log C_d + kappa mu^T z); the negative concentration is NaN from the ops.
+    at_mode = VonMisesFisher(loc[0], 1.0).log_prob(loc[0]).item()
+    ref = at_mode - 0.5 * torch.sum((z[0] * 3 - loc[0] * 2) ** 2).item()
     assert abs(lp[0].item() - ref) <= 1e-14 * max(1, abs(ref))
+    unit_lp = VonMisesFisher(loc[0], 1.0).log_prob(z[0]).item()
+    assert abs(unit_lp - (at_mode - 1.0 + (loc[0] @ z[0]).item())) <= 1e-14 * max(1, abs(unit_lp))
     assert math.isnan(lp[1].item()) and math.isnan(dist.entropy()[1].item())
 
 
@@ -608,3 +637,29 @@ def test_sphere_tolerance_follows_dtype():
     assert sphere.check(x32.double())  # normalised in float32, then cast
     VonMisesFisher(x32, 5.0, validate_args=True)  # float32-normalised, long: accepted
     assert sphere.check(unit((4, 2, 3), seed=0)).shape == (4, 2)
+
+
+# --- the ops under the distributions: arguments they refuse or mark ------------------------------------------
+
+
+def test_vmf_sample_of_a_zero_loc_is_nan():
+    from dhvc_ext.ops import vmf_sample
+
+    loc = torch.zeros(4, 5, dtype=F64)
+    loc[1, 2] = 1.0
+    samples = vmf_sample(loc, 10.0, generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(samples[[0, 2, 3]]).all()  # no direction: NaN rows, as for a NaN concentration
+    assert torch.isfinite(samples[1]).all() and abs(torch.linalg.vector_norm(samples[1]).item() - 1) <= 1e-12
+    loc = unit((3, 4), seed=2).requires_grad_()
+    loss = vmf_sample(torch.cat([loc, torch.zeros(1, 4, dtype=F64)]), 5.0)[:3].sum()
+    loss.backward()
+    assert torch.isfinite(loc.grad).all()
+
+
+def test_a_dimension_beyond_int64_is_a_value_error_naming_d():
+    from dhvc_ext.ops import vmf_kappa_mle, vmf_log_normalizer
+
+    for op, args in ((vmf_log_normalizer, (2**70, 3.0)), (vmf_kappa_mle, (2**63, 0.5))):
+        with pytest.raises(ValueError, match=r"d must be an int >= 2 and <= 2\^63 - 1"):
+            op(*args)
+    assert torch.isfinite(vmf_log_normalizer(2**62, torch.tensor(3.0, dtype=F64)))

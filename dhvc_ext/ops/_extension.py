@@ -28,6 +28,10 @@ OPS = (
 )
 
 
+#: The largest ``int`` argument an op's schema takes (C++ int64_t): a larger Python int is a ValueError.
+INT64_MAX = 2**63 - 1
+
+
 def cuda_available() -> bool:
     """True when every op has a CUDA kernel compiled in (regardless of whether a GPU is present)."""
     return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"dhvc_ext::{op}", "CUDA") for op in OPS)

@@ -29,7 +29,7 @@ import numbers
 
 import torch
 
-from dhvc_ext.ops._extension import check_device
+from dhvc_ext.ops._extension import INT64_MAX, check_device
 
 __all__ = ["log_bessel_iv", "log_bessel_iv_normalized", "bessel_iv_ratio", "vmf_log_normalizer"]
 
@@ -152,8 +152,8 @@ def vmf_log_normalizer(d, kappa):
         d = int(d)
     if isinstance(d, bool) or not isinstance(d, numbers.Integral):
         raise TypeError(f"dhvc_ext.vmf_log_normalizer: d must be an int >= 2, got {d!r}")
-    if d < 2:
-        raise ValueError(f"dhvc_ext.vmf_log_normalizer: d must be an int >= 2, got {d}")
+    if not 2 <= d <= INT64_MAX:
+        raise ValueError(f"dhvc_ext.vmf_log_normalizer: d must be an int >= 2 and <= 2^63 - 1, got {d}")
     _, kappa = _promote("vmf_log_normalizer", 0.0, kappa, names=("d", "kappa"))
     return _ops.vmf_log_normalizer(kappa, int(d))
 

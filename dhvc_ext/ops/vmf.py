@@ -18,7 +18,8 @@
   Second derivatives through the sampler are not implemented.
 - Edges: concentration 0 gives the uniform distribution, +inf gives loc itself, a negative or NaN
   concentration gives NaN samples (``dhvc_ext.distributions.VonMisesFisher(validate_args=True)`` raises
-  instead). loc is used as given: a loc that is not unit-norm gives samples near the sphere of its norm.
+  instead), and so does a loc of zeros (it has no direction). Otherwise loc is used as given: a loc that is
+  not unit-norm gives samples near the sphere of its norm.
 """
 import numbers
 
@@ -68,6 +69,8 @@ def vmf_sample(loc, concentration, generator=None):
     mu = loc.to(dtype).expand(*batch, d)
     kappa = kappa.expand(batch)
     samples, _ = _ops.vmf_sample(mu.contiguous(), kappa.contiguous(), _draw_seed(generator, loc.device))
+    # The kernel's rotation of a zero loc gives vectors of arbitrary norm: NaN rows say it (no host sync).
+    samples = samples.masked_fill((mu == 0).all(-1, keepdim=True), float("nan"))
     return samples.to(out_dtype)
 
 

@@ -10,7 +10,8 @@ Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) lo
   small matrix product, kept transposed, (K, block), so that the maxima, the sums of exponentials (in
   double) and s - lse are vectorised loops over the rows of the block; then the block is copied, transposed,
   into the (N, K) output (threads take whole blocks, so the result does not depend on their number). On CUDA:
-  the N x K scores by one cuBLAS product, then one thread per row for the log-softmax in place.
+  the N x K products by one cuBLAS product, then one thread per row adds the bias and takes the log-softmax in
+  place (NaN, +inf and -inf rows as torch.logsumexp gives them).
   Differentiable in z, mu, kappa and log_pi (second order too; the backward is torch ops on the saved
   log-responsibilities).
 - ``vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False) -> (N_k (K,), S_k (K, d), total loglik)``: the
@@ -18,8 +19,12 @@ Shapes: z (N, d) unit rows; mu (K, d) unit rows; kappa (K,) >= 0; log_pi (K,) lo
   ties to the lowest index), in one pass over z by one fused op (``dhvc_ext::_vmfmm_em_statistics``): the
   responsibilities of a block of rows never leave the cache, and memory does not grow with N beyond the
   input. No gradient. The sums and the total log-likelihood sum_n logsumexp_k s_nk are accumulated in
-  float64; N_k and S_k are returned in the compute dtype, the total as a 0-dim float64 tensor. On the CPU
-  the result does not depend on the number of threads.
+  float64 (in float32, soft sums of r z run over at most 2048 rows before that; hard mode adds each row to
+  its own component only, so that a NaN row leaves the other components intact); N_k and S_k are returned in
+  the compute dtype, the total as a 0-dim float64 tensor. On the CPU the result does not depend on the number
+  of threads; on CUDA it is deterministic (no atomics).
+- On CUDA both fused ops take their internal products in full precision whatever the caller's settings:
+  outside autocast (bf16 training leaves their float32 results unchanged) and without TF32.
 - ``vmf_kappa_mle(d, rbar)``: kappa = A_d^{-1}(rbar), Banerjee's start and Halley steps on the exact ratio,
   about 1e-15 relative; rbar = 0 -> 0, rbar >= 1 -> inf. Differentiable: dkappa/drbar = 1 / A_d'(kappa).
 float16/bfloat16 inputs are computed in float32; float32 and float64 natively.
@@ -28,7 +33,7 @@ import numbers
 
 import torch
 
-from dhvc_ext.ops._extension import check_device
+from dhvc_ext.ops._extension import INT64_MAX, check_device
 from dhvc_ext.ops.bessel import vmf_log_normalizer
 
 __all__ = ["vmf_kappa_mle", "vmfmm_em_statistics", "vmfmm_log_responsibilities"]
@@ -90,8 +95,8 @@ def vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False):
 
 def vmf_kappa_mle(d, rbar):
     """kappa = A_d^{-1}(rbar) for mean resultant lengths rbar (tensor or number) in [0, 1); d an int >= 2."""
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 2:
-        raise ValueError(f"dhvc_ext.vmf_kappa_mle: d must be an int >= 2, got {d!r}")
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or not 2 <= d <= INT64_MAX:
+        raise ValueError(f"dhvc_ext.vmf_kappa_mle: d must be an int >= 2 and <= 2^63 - 1, got {d!r}")
     if isinstance(rbar, torch.Tensor):
         if rbar.is_complex():
             raise TypeError("dhvc_ext.vmf_kappa_mle: rbar must be real")
