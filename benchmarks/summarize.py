@@ -9,7 +9,9 @@ for the vMF sampler), speed-up against the single-threaded SciPy row of the same
 has none; a ratio of elements per second, so a SciPy row may time fewer elements than the others), the
 share of non-finite outputs (extra_info nonfinite_share) and the share of finite outputs that disagree with
 the plain PyTorch reference beyond the benchmark's tolerance (extra_info inaccurate_share; SciPy's float32
-log of a subnormal ive, its ratio of underflowed ive). Rows keep the JSON's order within each group.
+log of a subnormal ive, its ratio of underflowed ive), and for GPU rows the effective bandwidth (extra_info
+bytes, what the call must read and write, / mean) with its share of the H200's 4.3 TB/s device copy rate.
+Rows keep the JSON's order within each group.
 Uses the standard library only.
 """
 import argparse
@@ -52,6 +54,23 @@ def _format_rate(rate):
     return f"{rate:.0f}"
 
 
+# The H200's device-to-device copy rate (about 4.3 TB/s): the ceiling of a memory-bound kernel.
+DEVICE_COPY_BYTES_PER_S = 4.3e12
+
+
+def _bandwidth(bench):
+    """(GB/s, share of DEVICE_COPY_BYTES_PER_S) from extra_info bytes / mean, or None without a byte count."""
+    nbytes = bench.get("extra_info", {}).get("bytes")
+    mean = bench["stats"]["mean"]
+    if not nbytes or mean <= 0:
+        return None
+    return nbytes / mean / 1e9, nbytes / mean / DEVICE_COPY_BYTES_PER_S
+
+
+def _format_bandwidth(bandwidth):
+    return "-" if bandwidth is None else f"{bandwidth[0]:.0f} ({100 * bandwidth[1]:.0f}%)"
+
+
 def _format_share(share):
     if share is None:
         return "-"
@@ -65,7 +84,7 @@ def summarize(data):
         groups.setdefault(bench.get("group") or "(no group)", []).append(bench)
 
     rows = [["group", "name", "mean ms", "elements/s", "speed-up vs SciPy 1 thread", "non-finite",
-             "finite but off"]]
+             "finite but off", "GB/s (% of 4.3 TB/s)"]]
     for group, benches in groups.items():
         scipy = next((b for b in benches if _is_scipy_single_thread(b)), None)
         scipy_mean = scipy["stats"]["mean"] if scipy else None
@@ -80,7 +99,7 @@ def summarize(data):
                 speedup = f"{scipy_mean / mean:.2f}x" if scipy_mean and mean > 0 else "-"
             rows.append([group, _label(bench), f"{1e3 * mean:.2f}", _format_rate(rate), speedup,
                          _format_share(info.get("nonfinite_share")),
-                         _format_share(info.get("inaccurate_share"))])
+                         _format_share(info.get("inaccurate_share")), _format_bandwidth(_bandwidth(bench))])
     return rows
 
 

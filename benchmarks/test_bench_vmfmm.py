@@ -2,8 +2,9 @@
 
 - E-step: ``vmfmm_log_responsibilities`` against the plain PyTorch composite (matmul, add, logsumexp,
   subtract) on the same inputs, float32, 1 and 2 threads, at (N, d, K) in {(1e6, 10, 10), (2e5, 64, 100),
-  (1e5, 512, 10)}; extra_info n_elements = N (rows per second). A CUDA group runs where a GPU and our CUDA
-  kernels are.
+  (1e5, 512, 10)}; extra_info n_elements = N (rows per second). A CUDA group (marked ``cuda``: ours and the
+  composite on the same GPU, synchronised, extra_info bytes = what the call must read and write) runs where a
+  GPU and our CUDA kernels are; so does one of the EM statistics (soft and hard) at the same shapes.
 - EM statistics (N_k, S_k, total log-likelihood; what one EM iteration needs), float32, 1 thread, at (N, d, K)
   in {(1e6, 10, 10), (2e5, 64, 100)}: the fused ``vmfmm_em_statistics`` op against the plain torch composite
   (matmul, logsumexp, exp, r^T z) and against what the op replaced ("previous": our fused E-step op, then
@@ -57,29 +58,66 @@ def test_estep(benchmark, ops, n, d, k, impl, threads):
     assert (lr.double() - ref_lr).abs().max().item() <= 1e-3
 
 
+def _timed_cuda(benchmark, fn, args):
+    """Time fn(*args) on the GPU: the device idle when each round starts, the round over when it is."""
+
+    def timed():
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+
+    return benchmark.pedantic(timed, setup=torch.cuda.synchronize, rounds=20, iterations=1, warmup_rounds=2)
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("impl", ["ours", "torch"])
 @pytest.mark.parametrize("n, d, k", SHAPES, ids=[f"N={n}-d={d}-K={k}" for n, d, k in SHAPES])
 def test_estep_cuda(benchmark, cuda_ops, n, d, k, impl):
     z, mu, kappa, log_pi = _inputs(n, d, k, "cuda")
     fn = cuda_ops.vmfmm_log_responsibilities if impl == "ours" else (lambda *a: _composite(cuda_ops, *a))
-
-    def timed():
-        out = fn(z, mu, kappa, log_pi)
-        torch.cuda.synchronize()
-        return out
-
     benchmark.group = f"vmfmm E-step N={n} d={d} K={k} cuda"
-    benchmark.extra_info.update(n_elements=n, bytes_read=z.numel() * 4, bytes_written=n * (k + 1) * 4)
-    benchmark.pedantic(timed, rounds=20, iterations=1, warmup_rounds=2)
+    # Bytes moved: z read, the log-responsibilities and log-likelihoods written.
+    benchmark.extra_info.update(impl=impl, device="cuda", n_elements=n, bytes=(z.numel() + n * (k + 1)) * 4)
+    lr, ll = _timed_cuda(benchmark, fn, (z, mu, kappa, log_pi))
+    ref_lr, ref_ll = _composite(cuda_ops, z.double(), mu.double(), kappa.double(), log_pi.double())
+    assert (ll.double() - ref_ll).abs().max().item() <= 1e-3
+    assert (lr.double() - ref_lr).abs().max().item() <= 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
+@pytest.mark.parametrize("impl", ["ours", "torch"])
+@pytest.mark.parametrize("n, d, k", SHAPES, ids=[f"N={n}-d={d}-K={k}" for n, d, k in SHAPES])
+def test_em_statistics_cuda(benchmark, cuda_ops, n, d, k, impl, hard):
+    z, mu, kappa, log_pi = _inputs(n, d, k, "cuda")
+    if impl == "ours":
+        fn = lambda *a: cuda_ops.vmfmm_em_statistics(*a, hard=hard)  # noqa: E731
+    else:
+        fn = lambda *a: _em_statistics_composite(cuda_ops, *a, hard=hard)  # noqa: E731
+    benchmark.group = f"vmfmm EM statistics {'hard' if hard else 'soft'} N={n} d={d} K={k} cuda"
+    # Bytes moved: z read once (the outputs are K (d + 1) values).
+    benchmark.extra_info.update(impl=impl, device="cuda", n_elements=n, bytes=z.numel() * 4)
+    counts, sums, total = _timed_cuda(benchmark, fn, (z, mu, kappa, log_pi))
+    ref = _em_statistics_composite(cuda_ops, z.double(), mu.double(), kappa.double(), log_pi.double(), hard=hard)
+    if not hard:  # hard: a near-tie may go the other way in float32; the counts must still add up
+        assert (counts.double() - ref[0]).abs().max().item() <= 1e-4 * n
+        assert (sums.double() - ref[1]).abs().max().item() <= 1e-4 * n
+    assert abs(counts.double().sum().item() - n) <= 1e-4 * n
+    assert abs(total.item() - ref[2].item()) <= 1e-5 * abs(ref[2].item())
 
 
 EM_STAT_SHAPES = [(1_000_000, 10, 10), (200_000, 64, 100)]
 
 
-def _em_statistics_composite(ops, z, mu, kappa, log_pi):
-    """The plain torch composite: every N x K score, logsumexp, exp, r^T z."""
+def _em_statistics_composite(ops, z, mu, kappa, log_pi, hard=False):
+    """The plain torch composite: every N x K score, logsumexp, exp (hard: the rows summed per argmax by
+    index_add), r^T z."""
     scores = log_pi + ops.vmf_log_normalizer(z.shape[1], kappa) + kappa * (z @ mu.t())
     loglik = torch.logsumexp(scores, 1)
+    if hard:
+        at = scores.argmax(1)
+        counts = torch.bincount(at, minlength=mu.shape[0]).to(z.dtype)
+        return counts, torch.zeros_like(mu).index_add_(0, at, z), loglik.double().sum()
     resp = (scores - loglik[:, None]).exp()
     return resp.sum(0), resp.t() @ z, loglik.double().sum()
 
