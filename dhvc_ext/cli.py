@@ -783,9 +783,12 @@ def _trainer_from_state(state, path, device=None, threads=None):
         raise CLIError(EXIT_FORMAT, f"{path}: its configuration has fields that TrainConfig does not have "
                        f"({', '.join(unknown)}): not a checkpoint this dhvc_ext wrote")
     try:
-        TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
+        config = TrainConfig(**{k: v for k, v in state["config"].items() if k in fields})
     except (TypeError, ValueError) as err:
         raise CLIError(EXIT_FORMAT, f"{path}: its configuration is invalid ({err})") from None
+    if config.seed >= SEED_LIMIT:  # TrainConfig bounds it below only
+        raise CLIError(EXIT_FORMAT, f"{path}: its configuration is invalid (seed {config.seed} is beyond 2^32 - 1, "
+                       "which the mixture's initialisation cannot take)")
     state = dict(state)
     if threads is not None:
         state["config"] = {**state["config"], "num_threads": threads}

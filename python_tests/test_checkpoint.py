@@ -1,9 +1,7 @@
-"""dhvc_ext.checkpoint: writes that a signal cannot cut, the temporaries SIGKILL leaves and their removal, and
-what ``load`` refuses: a checksum that does not match, non-finite weights, a file that is no torch file.
-(The CLI's use of all this, and signals sent during real runs: test_cli.py, test_fault_injection.py.)"""
+"""dhvc_ext.checkpoint: the temporaries SIGKILL leaves and their removal, and what ``load`` refuses: a checksum
+that does not match, non-finite weights, a file that is no torch file. (Signals during writes:
+test_fault_injection.py; the CLI's use of all this: test_cli.py.)"""
 import os
-import signal
-import time
 
 import pytest
 import torch
@@ -16,47 +14,6 @@ def tiny_checkpoint(weight=1.0):
                    model={"w": torch.full((2, 3), weight), "steps": torch.tensor(7)}, history=[{"loss": 0.5}])
     return dict(format=checkpoint.FORMAT, format_version=checkpoint.FORMAT_VERSION, trainer=trainer,
                 data={"source": "digits", "offset": torch.zeros(3)}, run={"best_epoch": 3})
-
-
-class SignalOnFirstWrite:
-    def __init__(self, f, signum):
-        self.f, self.signum, self.sent = f, signum, False
-
-    def write(self, data):
-        n = self.f.write(data)
-        if not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
-            time.sleep(0.002)  # the handler runs here, inside torch.save's C++ writer, unless it is held
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-class Stop(Exception):
-    pass
-
-
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_a_write_is_delivered_after_it(tmp_path, signum):
-    target = tmp_path / "last.pt"
-    seen = []
-
-    def handler(number, frame):
-        seen.append(number)
-        raise Stop
-
-    previous = signal.signal(signum, handler)
-    try:
-        with pytest.raises(Stop):  # raised once the file is complete, not inside torch.save's C++ writer
-            checkpoint.atomic_write(target, lambda f: torch.save(tiny_checkpoint(), SignalOnFirstWrite(f, signum)))
-        assert signal.getsignal(signum) is handler
-    finally:
-        signal.signal(signum, previous)
-    assert seen == [signum]
-    assert torch.equal(torch.load(target, weights_only=True)["trainer"]["model"]["w"], torch.ones(2, 3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_remove_temporaries_removes_only_those_of_the_named_files(tmp_path):

@@ -556,7 +556,7 @@ def test_a_file_that_is_no_torch_file_is_unreadable_not_unsafe(call, tmp_path):
 
 def test_a_checkpoint_with_a_foreign_configuration_is_unreadable(call, run_dir, tmp_path):
     ckpt = checkpoint.load(run_dir[0] / "last.pt")
-    for field, value in (("colour", "blue"), ("latent_dim", -4), ("hidden", "wide")):
+    for field, value in (("colour", "blue"), ("latent_dim", -4), ("hidden", "wide"), ("seed", 2**32)):
         foreign = dict(ckpt, trainer=dict(ckpt["trainer"], config={**ckpt["trainer"]["config"], field: value}))
         checkpoint.save(tmp_path / "foreign.pt", foreign)
         refused_by_evaluate_and_predict(call, tmp_path / "foreign.pt", tmp_path, cli.EXIT_FORMAT, "configuration")

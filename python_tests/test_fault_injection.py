@@ -7,7 +7,8 @@ The sweep calls the CLI's entry point ``cli.main`` in this process, which sends 
 inside the k-th file write, where torch.save's C++ writer (or json, NumPy, the copy of best.pt) is calling
 the file's ``write``, for every k; and from the k-th loss evaluation of training. One run in a subprocess
 gets SIGTERM from outside, while its first checkpoint is being written (the write slowed down by a wrapper
-around the entry point), and is resumed by ``python -m dhvc_ext``.
+around the entry point), and is resumed by ``python -m dhvc_ext``. Below all this, ``checkpoint.atomic_write``
+itself: a signal in the middle of torch.save reaches its handler once the file is complete.
 """
 import json
 import os
@@ -91,6 +92,31 @@ class Injector:
 
         monkeypatch.setattr(checkpoint, "atomic_write", atomic_write)
         monkeypatch.setattr(train_module, "dhvc_loss", dhvc_loss)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_write_is_delivered_after_it(tmp_path, signum):
+    target = tmp_path / "last.pt"
+    seen = []
+
+    def handler(number, frame):
+        seen.append(number)
+        raise _Stop
+
+    previous = signal.signal(signum, handler)
+    try:
+        with pytest.raises(_Stop):  # once the file is complete, not inside torch.save's C++ writer
+            checkpoint.atomic_write(target, lambda f: torch.save({"w": torch.ones(2, 3)}, _SignalOnWrite(f, signum)))
+        assert signal.getsignal(signum) is handler
+    finally:
+        signal.signal(signum, previous)
+    assert seen == [signum]
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2, 3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def run_cli(capsys, *args):
