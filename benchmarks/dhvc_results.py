@@ -3,11 +3,14 @@
     python benchmarks/dhvc_results.py --data digits --seeds 0 1 2 --batch-size 64
     python benchmarks/dhvc_results.py --data fashion-mnist --seeds 0 1 2
 
-For each seed one run of ``dhvc_ext.train.Trainer`` gives three rows from the same encoder: after the
-pretraining phase, "AE + k-means" (scikit-learn KMeans, n_init=10, on the mean directions mu_x) and "AE + vMF
-mixture" (``VonMisesFisherMixture``, ``mixture_n_init`` restarts), then, after joint training, "DHVC" with
-both prediction rules (argmax q(c|x), the head, and argmax p(c|mu_x), the mixture). No label is used before
-the scores are computed. The table (mean and standard deviation of ACC, NMI, ARI in % and of wall time over
+For each seed, the peers a user tries first, on the scaled rows: "k-means" (scikit-learn KMeans, n_init=10)
+and "UMAP + GMM" (``dhvc_ext.manifold.umap_gmm``: umap-learn's UMAP(n_components=K, n_neighbors=20,
+min_dist=0), then a full-covariance GaussianMixture); then one run of ``dhvc_ext.train.Trainer``, whose
+pretrained encoder gives three more rows: "AE + k-means" (KMeans on the mean directions mu_x), "AE + vMF
+mixture" (``VonMisesFisherMixture``, ``mixture_n_init`` restarts) and "N2D" (the same UMAP + GMM on mu_x:
+McConville et al., ICPR 2020); after joint training, "DHVC" with both prediction rules (argmax q(c|x), the
+head, and argmax p(c|mu_x), the mixture). No label is used before the scores are computed. Wall times: the
+raw-row peers' own; the encoder rows include the pretraining; DHVC's is its whole run. The table (mean and standard deviation of ACC, NMI, ARI in % and of wall time over
 the seeds, and per seed), the hardware, the throughput and the share of a training step spent in dhvc_ext ops
 (torch.profiler) go to benchmarks/results/dhvc_<data>_<date>.md, and every per-epoch record to a .json beside it
 (ignored by git).
@@ -28,13 +31,17 @@ from sklearn.cluster import KMeans
 
 import dhvc_ext
 from dhvc_ext.data import load_dataset
+from dhvc_ext.manifold import umap_gmm
 from dhvc_ext.metrics import clustering_scores
 from dhvc_ext.mixture import VonMisesFisherMixture
 from dhvc_ext.models import dhvc_loss
 from dhvc_ext.train import TrainConfig, Trainer
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-METHODS = ("AE + k-means", "AE + vMF mixture", "DHVC (head q(c|x))", "DHVC (mixture p(c|mu_x))")
+METHODS = ("k-means (scaled rows)", "UMAP + GMM (scaled rows)", "AE + k-means", "AE + vMF mixture",
+           "N2D (UMAP + GMM on the AE codes)", "DHVC (head q(c|x))", "DHVC (mixture p(c|mu_x))")
+#: Neighbours of the UMAP + GMM and N2D peers (N2D's and the issue's setting).
+PEER_NEIGHBORS = 20
 
 
 def hardware(device):
@@ -52,8 +59,23 @@ def hardware(device):
     return f"{cpu}, {threads} torch thread{'s' if threads != 1 else ''}, torch {torch.__version__}"
 
 
+def raw_peers(dataset, config):
+    """k-means and UMAP + GMM on the scaled rows: {method: scores and seconds}."""
+    X = dataset.features().astype(np.float32)
+    rows = {}
+    t0 = time.perf_counter()
+    labels = KMeans(config.n_clusters, n_init=10, random_state=config.seed).fit_predict(X)
+    rows[METHODS[0]] = dict(clustering_scores(dataset.y, labels), seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    labels = umap_gmm(X, config.n_clusters, n_neighbors=PEER_NEIGHBORS, seed=config.seed).argmax(1)
+    rows[METHODS[1]] = dict(clustering_scores(dataset.y, labels), seconds=time.perf_counter() - t0)
+    return rows
+
+
 def run_seed(dataset, config):
-    """One run: pretraining, the two baselines on its encoder, joint training. Returns a dict of rows."""
+    """One run: the raw-row peers, pretraining, the baselines on its encoder, joint training. Returns a dict of
+    rows."""
+    rows = raw_peers(dataset, config)
     start = time.perf_counter()
     trainer = Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
                       unit_interval=dataset.unit_interval)
@@ -65,20 +87,23 @@ def run_seed(dataset, config):
     trainer.fit(dataset, callback=log)
     pretrain_s = time.perf_counter() - start
     mu = trainer.encode(dataset).double().cpu().numpy()
-    rows = {}
     t0 = time.perf_counter()
     labels = KMeans(config.n_clusters, n_init=10, random_state=config.seed).fit_predict(mu)
-    rows[METHODS[0]] = dict(clustering_scores(dataset.y, labels), seconds=pretrain_s + time.perf_counter() - t0)
+    rows[METHODS[2]] = dict(clustering_scores(dataset.y, labels), seconds=pretrain_s + time.perf_counter() - t0)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vmfmm = VonMisesFisherMixture(config.n_clusters, n_init=config.mixture_n_init, max_iter=200,
                                       random_state=config.seed).fit(mu)
-    rows[METHODS[1]] = dict(clustering_scores(dataset.y, vmfmm.predict(mu)),
+    rows[METHODS[3]] = dict(clustering_scores(dataset.y, vmfmm.predict(mu)),
                             seconds=pretrain_s + time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    labels = umap_gmm(mu, config.n_clusters, n_neighbors=PEER_NEIGHBORS, seed=config.seed).argmax(1)
+    rows[METHODS[4]] = dict(clustering_scores(dataset.y, labels), seconds=pretrain_s + time.perf_counter() - t0)
+    start = time.perf_counter() - pretrain_s  # DHVC's wall time leaves out the peers' time after pretraining
     trainer.fit(dataset, callback=log)
     seconds = time.perf_counter() - start
-    for method, which in zip(METHODS[2:], ("head", "mixture")):
+    for method, which in zip(METHODS[5:], ("head", "mixture")):
         rows[method] = dict(clustering_scores(dataset.y, trainer.predict(dataset, which)), seconds=seconds)
     joint = [r["samples_per_s"] for r in trainer.history if r["phase"] == "joint"]
     pre = [r["samples_per_s"] for r in trainer.history if r["phase"] == "pretrain"]
