@@ -46,8 +46,6 @@ from sklearn.utils.validation import check_is_fitted
 from dhvc_ext import distributed as dist
 from dhvc_ext import ops
 
-_ops = torch.ops.dhvc_ext
-
 __all__ = ["ConcentrationCapWarning", "SphericalKMeans", "VMFMixture", "VonMisesFisherMixture"]
 
 #: A component whose responsibility mass N_k is below this fraction of N is re-seeded in the M-step.
@@ -184,13 +182,28 @@ class VMFMixture(torch.nn.Module):
         return reseed
 
     @torch.no_grad()
-    def _set_values(self, mu, kappa, pi):
-        """Write (mu (K, d) unit rows, kappa (K,), pi (K,)) to the unconstrained parameters."""
+    def set_parameters(self, mu, kappa, log_pi):
+        """Write (mu (K, d) unit rows, kappa (K,), log_pi (K,)), of any dtype, to the unconstrained parameters
+        (kappa below kappa_min becomes kappa_min): the inverse of the ``mu``, ``kappa`` and ``log_pi``
+        properties, e.g. to take the parameters of another mixture (``other.mu, other.kappa, other.log_pi``)."""
         if self.kappa_min > 0:
             kappa = kappa.clamp_min(self.kappa_min) - self.kappa_min
         self.mu_raw.copy_(mu)
         self.kappa_raw.copy_(_inverse_softplus(kappa.to(self.kappa_raw.dtype)))
-        self.logits.copy_(torch.log(pi))
+        self.logits.copy_(log_pi)
+
+    @torch.no_grad()
+    def _set_values(self, mu, kappa, pi):
+        """Write (mu (K, d) unit rows, kappa (K,), pi (K,)) to the unconstrained parameters."""
+        self.set_parameters(mu, kappa, torch.log(pi))
+
+    @torch.no_grad()
+    def score_arguments(self, dtype=torch.float64):
+        """The E-step's arguments of the current parameters, from their float64 values: weighted means
+        kappa_k mu_k (K, d) and bias log pi_k + log C_d(kappa_k) (K,), in ``dtype``, so that the scores are
+        s_nk = bias_k + weighted_k^T z_n (``dhvc_ext.ops.vmfmm_score_arguments``). A linear softmax with these
+        weights and bias is the posterior p(c|z)."""
+        return ops.vmfmm_score_arguments(self.mu.double(), self.kappa.double(), self.log_pi.double(), dtype)
 
     def _m_step_values(self, z, n_k, s_k, generator=None, n=None):
         """The M-step of ``_m_step`` without writing it: (mu (K, d), kappa (K,), pi (K,), reseeded), float64."""
@@ -326,18 +339,8 @@ def _closest_centre_sums(z, centres):
     scores are the cosines themselves."""
     centres = centres.to(z.dtype).contiguous()
     bias = torch.zeros(centres.shape[0], dtype=z.dtype, device=z.device)
-    n_k, s_k, _ = _ops._vmfmm_em_statistics(z, centres, bias, True)
+    n_k, s_k, _ = ops.vmfmm_em_statistics_from_scores(z, centres, bias, hard=True)
     return n_k.to(torch.float64), s_k.to(torch.float64)
-
-
-def _score_tensors(mu, kappa, pi, dtype):
-    """The fused statistics op's arguments from the float64 parameters of an M-step, mu (K, d) unit rows,
-    kappa (K,) and pi (K,): weighted means kappa mu (K, d) and bias log pi + log C_d(kappa) (K,) (the K
-    normalisers in float64), in dtype. What ``ops.vmfmm_em_statistics`` computes from a ``VMFMixture``'s
-    properties, without the round trip through its unconstrained parameters (and the op wrapper's checks)
-    at every EM iteration."""
-    bias = torch.log(pi) + _ops.vmf_log_normalizer(kappa, mu.shape[1])  # float64 kappa: no promotion to do
-    return (mu * kappa[:, None]).to(dtype), bias.to(dtype)
 
 
 def _chunk_reader(X, chunk_size, who):
@@ -581,10 +584,13 @@ class VonMisesFisherMixture(BaseEstimator):
         lower_bound, converged, n_iter = -math.inf, False, 0
         for n_iter in range(1, self.max_iter + 1):
             previous = lower_bound
-            weighted, bias = _score_tensors(*values, sample.dtype)
+            # From the float64 M-step values, without the round trip through the module's parameters (and the
+            # op wrapper's checks) at every iteration.
+            mu, kappa, pi = values
+            weighted, bias = ops.vmfmm_score_arguments(mu, kappa, torch.log(pi), sample.dtype)
             n_k = s_k = total = None
             for z in chunks():
-                stats = _ops._vmfmm_em_statistics(z, weighted, bias, hard)
+                stats = ops.vmfmm_em_statistics_from_scores(z, weighted, bias, hard)
                 if n_k is None:
                     n_k, s_k, total = stats
                     if reduce is not None:  # summed in float64, in place

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from dhvc_ext import distributed as dist
 from dhvc_ext import ops
-from dhvc_ext.mixture import ConcentrationCapWarning, VonMisesFisherMixture, _inverse_softplus
+from dhvc_ext.mixture import ConcentrationCapWarning, VonMisesFisherMixture
 from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
 from dhvc_ext.neighbors import knn_indices, neighbor_targets
 
@@ -428,9 +428,7 @@ class Trainer:
             else:
                 vmfmm.fit(mu.double())
         fitted = vmfmm.mixture_
-        mixture.mu_raw.copy_(fitted.mu.to(mixture.mu_raw.dtype))
-        mixture.kappa_raw.copy_(_inverse_softplus((fitted.kappa - mixture.kappa_min).to(mixture.mu_raw.dtype)))
-        mixture.logits.copy_(fitted.log_pi.to(mixture.mu_raw.dtype))
+        mixture.set_parameters(fitted.mu, fitted.kappa, fitted.log_pi)
         loglik = vmfmm.lower_bound_
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_init == "mixture":
@@ -477,10 +475,8 @@ class Trainer:
     def _init_head_from_mixture(self):
         """Set the head so that q(c|x) = p(c|mu_x): log p(c|mu) = kappa_c mu_c^T mu + log pi_c + log C_d(kappa_c)
         - log Z(mu), a linear softmax in mu. The same on every rank (the mixture is)."""
-        mixture, head = self.model.mixture, self.model.head
-        kappa = mixture.kappa.detach().double()
-        weight = kappa[:, None] * mixture.mu.detach().double()
-        bias = mixture.log_pi.detach().double() + ops.vmf_log_normalizer(mixture.dim, kappa)
+        head = self.model.head
+        weight, bias = self.model.mixture.score_arguments(torch.float64)
         head.weight.copy_(weight.to(head.weight.dtype))
         head.bias.copy_(bias.to(head.bias.dtype))
 

@@ -125,6 +125,31 @@ def test_module_values_against_formula():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_set_parameters_and_score_arguments_against_formula():
+    # set_parameters inverts the mu/kappa/log_pi properties (kappa below kappa_min becomes kappa_min), and
+    # score_arguments are the E-step's weights and bias: a linear softmax with them is the SciPy posterior.
+    k, d = 3, 5
+    g = torch.Generator().manual_seed(4)
+    model = VMFMixture(k, d, kappa_init=2.0, kappa_min=1.0, dtype=torch.float32, generator=g)
+    mu = torch.nn.functional.normalize(torch.randn(k, d, generator=g, dtype=F64), dim=1)
+    kappa, pi = torch.tensor([0.25, 7.0, 300.0], dtype=F64), torch.tensor([0.2, 0.3, 0.5], dtype=F64)
+    model.set_parameters(mu, kappa, torch.log(pi))
+    assert model.mu_raw.dtype == torch.float32
+    torch.testing.assert_close(model.mu.double(), mu, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.kappa.double(), torch.tensor([1.0, 7.0, 300.0], dtype=F64), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(model.pi.double(), pi, rtol=1e-6, atol=0)
+    weight, bias = model.score_arguments()
+    assert weight.dtype == bias.dtype == F64 and weight.shape == (k, d) and bias.shape == (k,)
+    m, kap, log_p = (t.detach().double().numpy() for t in (model.mu, model.kappa, model.log_pi))
+    np.testing.assert_allclose(weight.numpy(), kap[:, None] * m, rtol=1e-15)
+    np.testing.assert_allclose(bias.numpy(), log_p + vmf_log_normalizer_ive(d, kap), rtol=1e-12)
+    z = torch.nn.functional.normalize(torch.randn(40, d, generator=g, dtype=F64), dim=1)
+    scores = log_p + vmf_log_normalizer_ive(d, kap) + kap * (z.numpy() @ m.T)
+    expected = np.exp(scores - scipy.special.logsumexp(scores, axis=1)[:, None])
+    np.testing.assert_allclose(torch.softmax(z @ weight.T + bias, dim=1).numpy(), expected, rtol=1e-10)
+    assert model.score_arguments(torch.float32)[0].dtype == torch.float32
+
+
 # ---------------------------------------------------------------------------------------------------------
 # scikit-learn API
 

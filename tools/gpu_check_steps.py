@@ -201,7 +201,6 @@ def smoke(args):
 
     dev = torch.device(args.device)
     called = set()
-    ops = torch.ops.dhvc_ext
     for dtype in (torch.float32, torch.float64):
         g = torch.Generator().manual_seed(0)
         nu = (torch.rand(7, generator=g, dtype=torch.float64) * 40).to(dev, dtype)

@@ -36,7 +36,8 @@ import torch
 from dhvc_ext.ops._extension import INT64_MAX, check_device
 from dhvc_ext.ops.bessel import vmf_log_normalizer
 
-__all__ = ["vmf_kappa_mle", "vmfmm_em_statistics", "vmfmm_log_responsibilities"]
+__all__ = ["vmf_kappa_mle", "vmfmm_em_statistics", "vmfmm_em_statistics_from_scores", "vmfmm_log_responsibilities",
+           "vmfmm_score_arguments"]
 
 _ops = torch.ops.dhvc_ext
 
@@ -65,16 +66,24 @@ def _check_mixture_args(op, z, mu, kappa, log_pi):
     check_device(op, z.device)
 
 
+def vmfmm_score_arguments(mu, kappa, log_pi, dtype):
+    """The E-step's arguments of a mixture, mu (K, d) unit rows, kappa (K,) and log_pi (K,): the weighted means
+    kappa mu (K, d), multiplied in the dtype of mu and kappa, and the bias log pi + log C_d(kappa) (K,), both
+    returned in ``dtype``. The one place that builds them: the fused ops below, ``VMFMixture.score_arguments``
+    (EM, the cluster head's start) all go through it. No checks (the callers hold valid parameters)."""
+    # The K normalisers in float64: log C_d(kappa) is large (|log C| ~ d log d) and must not be rounded to
+    # float32 before the difference that the softmax takes.
+    bias = (log_pi.double() + vmf_log_normalizer(mu.shape[1], kappa.double())).to(dtype)
+    weighted = (mu * kappa.unsqueeze(1)).to(dtype)
+    return weighted.contiguous(), bias
+
+
 def _score_args(z, mu, kappa, log_pi):
     """The fused ops' arguments: z, weighted_mu = kappa mu (K, d) and bias = log pi + log C_d(kappa) (K,), all
     in the compute dtype."""
     dtype = _compute_dtype(z, mu, kappa, log_pi)
-    d = z.shape[1]
-    # The K normalisers in float64: log C_d(kappa) is large (|log C| ~ d log d) and must not be rounded to
-    # float32 before the difference that the softmax takes.
-    bias = (log_pi.double() + vmf_log_normalizer(d, kappa.double())).to(dtype)
-    weighted = mu.to(dtype) * kappa.to(dtype).unsqueeze(1)
-    return z.to(dtype), weighted.contiguous(), bias
+    weighted, bias = vmfmm_score_arguments(mu.to(dtype), kappa.to(dtype), log_pi, dtype)
+    return z.to(dtype), weighted, bias
 
 
 def vmfmm_log_responsibilities(z, mu, kappa, log_pi):
@@ -91,6 +100,14 @@ def vmfmm_em_statistics(z, mu, kappa, log_pi, hard=False):
     _check_mixture_args("vmfmm_em_statistics", z, mu, kappa, log_pi)
     # z as it is when already in the compute dtype: the kernels take any row stride.
     return _ops._vmfmm_em_statistics(*_score_args(z, mu, kappa, log_pi), bool(hard))
+
+
+@torch.no_grad()
+def vmfmm_em_statistics_from_scores(z, weighted_mu, bias, hard=False):
+    """``vmfmm_em_statistics`` from the arguments of ``vmfmm_score_arguments`` (weighted means (K, d) and bias
+    (K,), in z's dtype), for loops that hold them across calls (EM over chunks, k-means labels with a zero
+    bias: scores = the dot products). No checks beyond the kernel's."""
+    return _ops._vmfmm_em_statistics(z, weighted_mu, bias, bool(hard))
 
 
 def vmf_kappa_mle(d, rbar):

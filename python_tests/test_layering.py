@@ -1,0 +1,50 @@
+"""The layering of ../shared/STYLE.md, read from the sources: who may touch what.
+
+- ``dhvc_ext/ops`` is the only Python outside the tests that touches ``torch.ops.dhvc_ext`` (the tests check
+  the raw schemas themselves, with opcheck). A dynamic ``getattr(torch.ops, ...)`` counts too.
+- Between packages nothing imports a private name of ``dhvc_ext.mixture`` (its raw parameters are written by
+  ``VMFMixture.set_parameters``).
+"""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: The Python of the runtime package and the scripts around it; the tests are not in it.
+SOURCES = ("dhvc_ext", "benchmarks", "tools")
+
+
+def _python_files(*skip):
+    for top in SOURCES:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if not any(rel.startswith(s) for s in skip):
+                yield rel, path.read_text(encoding="utf-8")
+
+
+def _code_lines(text):
+    """The lines of a file without its comments and docstring lines (a docstring may name torch.ops)."""
+    in_doc = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        quotes = stripped.count('"""') + stripped.count("'''")
+        if in_doc or stripped.startswith(('"""', "'''")):
+            in_doc = in_doc != (quotes % 2 == 1)
+            continue
+        yield number, line.split("#", 1)[0]
+
+
+def test_only_ops_touches_torch_ops():
+    pattern = re.compile(r"torch\s*\.\s*ops\b|getattr\(\s*torch\s*,\s*['\"]ops['\"]")
+    found = [f"{rel}:{n}: {line.strip()}" for rel, text in _python_files("dhvc_ext/ops/")
+             for n, line in _code_lines(text) if pattern.search(line)]
+    assert not found, "torch.ops used outside dhvc_ext/ops (call the wrappers of dhvc_ext.ops):\n" + "\n".join(found)
+    # The scan sees what it looks for: the ops package itself holds the handle.
+    ops_hits = [rel for rel, text in _python_files() if rel.startswith("dhvc_ext/ops/")
+                for _, line in _code_lines(text) if pattern.search(line)]
+    assert "dhvc_ext/ops/vmfmm.py" in ops_hits and "dhvc_ext/ops/bessel.py" in ops_hits
+
+
+def test_no_private_mixture_import():
+    pattern = re.compile(r"from dhvc_ext\.mixture import[^\n]*\b_\w+|mixture\._(?:inverse_softplus|set_values)\b")
+    found = [rel for rel, text in _python_files("dhvc_ext/mixture.py") if pattern.search(text)]
+    assert not found, f"private names of dhvc_ext.mixture used in {found} (use VMFMixture.set_parameters)"
