@@ -34,7 +34,6 @@ from dhvc_ext.data import load_dataset
 from dhvc_ext.manifold import umap_gmm
 from dhvc_ext.metrics import clustering_scores
 from dhvc_ext.mixture import VonMisesFisherMixture
-from dhvc_ext.models import dhvc_loss
 from dhvc_ext.train import TrainConfig, Trainer
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -113,24 +112,17 @@ def run_seed(dataset, config):
 
 
 def op_share(trainer, dataset, steps=20):
-    """Share of the self time of ``steps`` joint training steps spent in dhvc_ext ops (torch.profiler)."""
+    """Share of the self time of ``steps`` joint training steps (``Trainer.step``, with the neighbour targets
+    as in training) spent in dhvc_ext ops (torch.profiler)."""
+    import itertools
+
     from torch.profiler import ProfilerActivity, profile
 
-    model, weights = trainer.model, trainer.weights
-    with_targets = trainer._targets is not None  # the neighbour term's targets, as in training
-    loader = iter(trainer._loader(dataset, shuffle=True, with_index=with_targets))
-    batches = []
-    for _ in range(min(steps, len(loader))):
-        batch = next(loader)
-        x, targets = (batch[0], trainer._targets[batch[1]]) if with_targets else (batch, None)
-        batches.append((x.to(trainer.device), targets))
+    batches = list(itertools.islice(trainer.training_batches(dataset, "joint"), steps))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for x, targets in batches:
-            loss = dhvc_loss(model, x, weights, phase="joint", targets=targets)["loss"]
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            trainer.optimizer.step()
+            trainer.step(x, "joint", targets)
     attr = "self_device_time_total" if trainer.device.type == "cuda" else "self_cpu_time_total"
     events = prof.key_averages()
     total = sum(getattr(e, attr) for e in events)

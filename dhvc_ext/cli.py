@@ -1087,47 +1087,36 @@ def _loss_terms():
 
 
 def _profile(trainer, dataset, out, steps):
-    """Profile ``steps`` training steps of each phase on a copy of the model (the run itself is untouched:
-    own optimiser, torch's random state restored); write the table and a Chrome trace; return the share of
-    time in dhvc_ext ops."""
-    import copy
-
+    """Profile ``steps`` training steps of each phase (``Trainer.step``, the training's own, on a replica of
+    the trainer per phase: the run itself is untouched, torch's random state restored); write the table and
+    a Chrome trace; return the share of time in dhvc_ext ops."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from dhvc_ext.models import dhvc_loss
-
-    model = copy.deepcopy(trainer.model).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=trainer.config.lr)
-    n = len(dataset)
-    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=trainer.batch_size(n),
-                                         shuffle=True, generator=torch.Generator().manual_seed(0),
-                                         collate_fn=lambda batch: batch)
-    batches = []
-    while len(batches) < steps + 1:
-        batches.extend(x.to(trainer.device) for x in loader)
-    batches = batches[:steps + 1]
-    weights = trainer.config.loss_weights()  # the configured weights (a schedule of them costs the same)
-    phases = (("pretrain", weights), ("joint", weights))
     cuda = trainer.device.type == "cuda"
-
-    def step(x, phase, weights):
-        with record_function(f"dhvc {phase} step"):
-            loss = dhvc_loss(model, x, weights, phase=phase)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    replicas = [(phase, trainer.replica(phase, dataset)) for phase in ("pretrain", "joint")]
     with _rng_preserved(trainer.device):
-        for phase, weights in phases:  # warm-up: first-call allocations and lazy initialisation stay out
-            step(batches[0], phase, weights)
+        batches = {}
+        for phase, replica in replicas:
+            batches[phase] = []
+            while len(batches[phase]) < steps + 1:
+                batches[phase].extend(replica.training_batches(dataset, phase))
+            del batches[phase][steps + 1:]
+
+        def step(replica, phase, batch):
+            x, targets = batch
+            with record_function(f"dhvc {phase} step"):
+                replica.step(x, phase, targets)
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        for phase, replica in replicas:  # warm-up: first-call allocations and lazy initialisation stay out
+            step(replica, phase, batches[phase][0])
         if cuda:
             torch.cuda.synchronize(trainer.device)
         with profile(activities=activities) as prof:
-            for phase, weights in phases:
-                for x in batches[1:]:
-                    step(x, phase, weights)
+            for phase, replica in replicas:
+                for batch in batches[phase][1:]:
+                    step(replica, phase, batch)
             if cuda:
                 torch.cuda.synchronize(trainer.device)
     attr = "self_device_time_total" if cuda else "self_cpu_time_total"
@@ -1138,8 +1127,9 @@ def _profile(trainer, dataset, out, steps):
     glue = sum(getattr(e, attr) for e in events if e.key.startswith("GeneratedBackwardFor_dhvc_ext")) / total
     share = sum(v for _, v in ours)
     what = "GPU kernel time" if cuda else "CPU self time"
-    header = [f"torch.profiler: {steps} pretraining + {steps} joint training steps (forward, backward, Adam), "
-              f"batch {batches[0].shape[0]}, device {trainer.device}, torch threads {torch.get_num_threads()}",
+    header = [f"torch.profiler: {steps} pretraining + {steps} joint training steps (forward, backward, "
+              f"clipping, Adam), batch {batches['joint'][0][0].shape[0]}, device {trainer.device}, "
+              f"torch threads {torch.get_num_threads()}",
               f"share of {what} in dhvc_ext ops: {100 * share:.1f}%"
               + ("" if cuda else f" (and {100 * glue:.1f}% in their autograd nodes, GeneratedBackwardFor_dhvc_ext_*)")]
     header += [f"  {key}: {100 * value:.1f}%" for key, value in ours]
@@ -1362,7 +1352,8 @@ def _interrupted(sig, run, args):
 # dhvc evaluate / predict
 
 def _checkpoint_data(args, ckpt, state):
-    """The data set to evaluate or predict on, scaled as ``--scaling`` says, with the checkpoint's shape."""
+    """The data set to evaluate or predict on, scaled as ``--scaling`` says, with the checkpoint's shape; its
+    source; and whether its rows are the training rows, in their order (the run's data and subset)."""
     import numpy as np
 
     info = ckpt.get("data", {}) if isinstance(ckpt, dict) and "trainer" in ckpt else {}
@@ -1378,6 +1369,8 @@ def _checkpoint_data(args, ckpt, state):
         subset = info.get("subset")
     if seed is None:
         seed = info.get("subset_seed", state["config"].get("seed", 0)) if same else 0
+    training_rows = same and subset == info.get("subset") and (
+        subset is None or seed == info.get("subset_seed", state["config"].get("seed", 0)))
     train_scaling = scaling == "train" and "offset" in info
     load_scaling = None if train_scaling else ("minmax" if scaling == "train" else scaling)
     dataset = _load_data(source, "none" if load_scaling is None else load_scaling, data_dir, subset, seed)
@@ -1388,7 +1381,7 @@ def _checkpoint_data(args, ckpt, state):
         offset, scale = (np.asarray(info[k].numpy() if hasattr(info[k], "numpy") else info[k], dtype=np.float32)
                          for k in ("offset", "scale"))
         dataset = dataclasses.replace(dataset, offset=offset, scale=scale, unit_interval=bool(info["unit_interval"]))
-    return dataset, source
+    return dataset, source, training_rows
 
 
 def _evaluation_trainer(args):
@@ -1396,33 +1389,17 @@ def _evaluation_trainer(args):
 
     ckpt, state, path = _load_checkpoint(args.checkpoint)
     _set_threads(args.threads)
-    dataset, source = _checkpoint_data(args, ckpt, state)
+    dataset, source, training_rows = _checkpoint_data(args, ckpt, state)
     trainer = _trainer_from_state(state, path, device=args.device, threads=args.threads or torch.get_num_threads())
-    return trainer, dataset, source, path
+    return trainer, dataset, source, path, training_rows
 
 
-def _mean_loss(trainer, dataset):
-    """The unsupervised objective on ``dataset`` with the configured loss weights (each term's mean; one
-    posterior sample per row, seed 0): a label-free way to compare checkpoints on held-out data."""
-    import torch
-
-    from dhvc_ext.models import LOSS_TERMS, dhvc_loss
-
-    model, cfg = trainer.model, trainer.config
-    phase = "joint" if trainer.mixture_initialized else "pretrain"
-    weights = cfg.loss_weights()
-    sums, n = dict.fromkeys(LOSS_TERMS, 0.0), 0
-    loader = torch.utils.data.DataLoader(dataset.torch_dataset(), batch_size=trainer.batch_size(len(dataset)),
-                                         shuffle=False, collate_fn=lambda batch: batch)
-    model.eval()
-    with torch.no_grad(), _rng_preserved(trainer.device):
-        torch.manual_seed(0)
-        for x in loader:
-            terms = dhvc_loss(model, x.to(trainer.device), weights, phase=phase)
-            for k in LOSS_TERMS:
-                sums[k] += float(terms[k]) * x.shape[0]
-            n += x.shape[0]
-    return {k: v / n for k, v in sums.items()}
+def _objective(trainer, dataset, training_rows):
+    """The trained objective on ``dataset`` (``Trainer.evaluate_loss``): on the training rows with the run's
+    own neighbours, elsewhere with neighbours found among the rows given."""
+    index = trainer.neighbor_index
+    own = training_rows and index is not None and index.shape[0] == len(dataset)
+    return trainer.evaluate_loss(dataset, neighbor_index=index if own else None)
 
 
 def cmd_evaluate(args, actions):
@@ -1432,7 +1409,7 @@ def cmd_evaluate(args, actions):
 
     if args.checkpoint is None:
         raise CLIError(EXIT_USAGE, "--checkpoint FILE is required")
-    trainer, dataset, source, path = _evaluation_trainer(args)
+    trainer, dataset, source, path, training_rows = _evaluation_trainer(args)
     if args.out is not None:
         _refuse_overwriting_inputs({f"--out {args.out}": [Path(args.out) / name for name in
                                                           ("evaluation.json", *PLOTS.values())]},
@@ -1445,7 +1422,7 @@ def cmd_evaluate(args, actions):
     result = dict(checkpoint=str(path), data=_describe(dataset), n_samples=len(dataset),
                   n_clusters=trainer.model.n_clusters, epoch=trainer.epoch, which=which,
                   **(_scores(dataset.y, labels) if dataset.y is not None else {}),
-                  loss=_mean_loss(trainer, dataset), cluster_sizes=sizes, device=str(trainer.device),
+                  loss=_objective(trainer, dataset, training_rows), cluster_sizes=sizes, device=str(trainer.device),
                   cuda_kernels_used=_cuda_kernels(trainer.device)["used"])
     if args.out is not None:
         out = Path(args.out)
@@ -1489,7 +1466,7 @@ def cmd_predict(args, actions):
             parent = Path(name).resolve().parent
             if not parent.is_dir():
                 raise CLIError(EXIT_NOT_WRITABLE, f"cannot write {name}: {parent} is not a directory")
-    trainer, dataset, source, path = _evaluation_trainer(args)
+    trainer, dataset, source, path, _ = _evaluation_trainer(args)
     _refuse_overwriting_inputs({f"--{flag} {name}": [Path(name)] for flag, name in
                                 (("output", args.output), ("proba", args.proba)) if name is not None},
                                _read_files(args, source, path))

@@ -40,6 +40,7 @@ every rank's random state as of the last epoch, so rank 0's checkpoint resumes e
 Device: "auto" is CUDA when torch sees a GPU and the extension has CUDA kernels. When torch sees a GPU but
 the extension was built without CUDA, "auto" warns loudly and uses the CPU (``device="cuda"`` raises).
 """
+import copy
 import dataclasses
 import math
 import time
@@ -195,6 +196,25 @@ class _IndexedRows(torch.utils.data.Dataset):
         return self.rows.__getitems__(indices), torch.as_tensor(np.asarray(indices, dtype=np.int64))
 
 
+class _TargetBatches:
+    """A loader's batches as (rows, their neighbour targets): from batches (rows, row numbers) with targets
+    (N, K), else from batches of rows with None."""
+
+    def __init__(self, loader, targets):
+        self.loader, self.targets = loader, targets
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.targets is None:
+                yield batch, None
+            else:
+                x, rows = batch
+                yield x, self.targets[rows.to(self.targets.device)]
+
+
 class _Objective(torch.nn.Module):
     """The DHVC objective as a module's forward, for DistributedDataParallel, whose gradient hooks are armed by
     a call of the wrapped module (the objective calls the network's encode/decode/head, not its forward)."""
@@ -325,61 +345,26 @@ class Trainer:
                               enabled=self.config.bf16 and self.device.type == "cuda")
 
     def _run_epoch(self, dataset, phase, progress, batch_callback=None):
-        model, cfg = self.model, self.config
-        model.train()
+        cfg = self.config
+        self.model.train()
         sums = dict.fromkeys(LOSS_TERMS, 0.0)
         n_seen, start, norms = 0, time.perf_counter(), []
-        use_targets = phase == "joint" and self._targets is not None
-        batches = self._loader(dataset, shuffle=True, sharded=True, with_index=use_targets)
-        objective = self._objective(phase)
+        batches = self.training_batches(dataset, phase)
         n, size = len(dataset), self.batch_size(len(dataset))
         if progress:
             from tqdm.auto import tqdm
             batches = tqdm(batches, desc=f"{phase} {self.epoch + 1}/{cfg.total_epochs}", leave=False)
-        for step, x in enumerate(batches):
-            targets = None
-            if use_targets:
-                x, rows = x
-                targets = self._targets[rows.to(self._targets.device)]
-            x = x.to(self.device, non_blocking=True)
-            with self._autocast():
-                terms = objective(x, self.pretrain_weights if phase == "pretrain" else self.weights, phase,
-                                  targets)
-            loss = terms["loss"]
-            finite = bool(torch.isfinite(loss))
-            if not finite and self.world == 1:
-                raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss.detach())} at epoch "
-                                         f"{self.epoch + 1}; terms: { {k: float(v.detach()) for k, v in terms.items()} }")
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.world > 1:
-                # DDP averages the ranks' gradients; weighting each rank's batch mean by its share of the
-                # global batch makes that the gradient of the global batch mean when the shares differ by one.
-                b_global = min(size, n - step * size)
-                scale = x.shape[0] * self.world / b_global
-                (loss * scale if scale != 1 else loss).backward()
-            else:
-                loss.backward()
-            # Clipping bounds the steps when a sharpening mixture makes p(c|z), and so the gradient that the
-            # posterior KL sends to the encoder, large. (It does not by itself prevent the collapse to one
-            # cluster that a run-away mixture concentration causes: see mixture_fit_on.)
-            norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            if self.world > 1 and not (finite and torch.isfinite(norm)):
-                # A non-finite loss on one rank reaches every rank through the gradient all-reduce: all of
-                # them stop here together instead of leaving the others waiting in a collective.
-                raise FloatingPointError(f"DHVC: the {phase} loss or its gradient became non-finite at epoch "
-                                         f"{self.epoch + 1} (rank {self.rank}: loss {float(loss.detach())}, "
-                                         f"gradient norm {float(norm)})")
-            norms.append(float(norm))
-            self.optimizer.step()
+        for i, (x, targets) in enumerate(batches):
+            values, norm = self.step(x, phase, targets, global_rows=min(size, n - i * size))
+            norms.append(norm)
             b = x.shape[0]
-            values = {k: float(terms[k].detach()) for k in LOSS_TERMS}
             for k in LOSS_TERMS:
                 sums[k] += values[k] * b
             n_seen += b
             if batch_callback is not None:
                 batch_callback(self, phase, b, values)
             if progress:
-                batches.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                batches.set_postfix(loss=f"{values['loss']:.3f}")
         seconds = time.perf_counter() - start
         if self.world > 1:  # the epoch's means over all ranks' samples, the same record on every rank
             totals = torch.tensor([sums[k] for k in LOSS_TERMS] + [n_seen, seconds], dtype=torch.float64)
@@ -389,6 +374,70 @@ class Trainer:
         record = dict(phase=phase, epoch=self.epoch + 1, **{k: v / max(n_seen, 1) for k, v in sums.items()},
                       samples_per_s=n_seen / seconds, seconds=seconds, grad_norm=float(np.median(norms)))
         return record
+
+    def training_batches(self, dataset, phase):
+        """One epoch's batches of ``phase`` as training takes them: (x (B, D), targets (B, K) or None), this
+        rank's share of each global batch, shuffled by seed and epoch. ``targets`` are the rows' neighbour
+        targets in the joint phase once ``update_targets`` has computed them."""
+        targets = self._targets if phase == "joint" else None
+        return _TargetBatches(self._loader(dataset, shuffle=True, sharded=True, with_index=targets is not None),
+                              targets)
+
+    def step(self, x, phase, targets=None, *, global_rows=None):
+        """One training step of ``phase`` on the batch x (B, D) (moved to the trainer's device) with the
+        neighbour targets (B, K) of its rows, or None: the objective (under bf16 autocast when configured),
+        backward, gradient clipping at ``grad_clip``, the optimiser's step. With several processes x is this
+        rank's share of a global batch of ``global_rows`` rows (default B times the number of processes).
+        Returns (the batch's loss terms as floats, keys ``LOSS_TERMS``; the gradient norm before clipping).
+        Raises FloatingPointError when the loss (with several processes: the loss or the gradient) is not
+        finite; the parameters are then as before the step."""
+        cfg = self.config
+        x = x.to(self.device, non_blocking=True)
+        with self._autocast():
+            terms = self._objective(phase)(x, self.pretrain_weights if phase == "pretrain" else self.weights,
+                                           phase, targets)
+        loss = terms["loss"]
+        finite = bool(torch.isfinite(loss))
+        if not finite and self.world == 1:
+            raise FloatingPointError(f"DHVC: the {phase} loss became {float(loss.detach())} at epoch "
+                                     f"{self.epoch + 1}; terms: { {k: float(v.detach()) for k, v in terms.items()} }")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world > 1:
+            # DDP averages the ranks' gradients; weighting each rank's batch mean by its share of the
+            # global batch makes that the gradient of the global batch mean when the shares differ by one.
+            b_global = x.shape[0] * self.world if global_rows is None else global_rows
+            scale = x.shape[0] * self.world / b_global
+            (loss * scale if scale != 1 else loss).backward()
+        else:
+            loss.backward()
+        # Clipping bounds the steps when a sharpening mixture makes p(c|z), and so the gradient that the
+        # posterior KL sends to the encoder, large. (It does not by itself prevent the collapse to one
+        # cluster that a run-away mixture concentration causes: see mixture_fit_on.)
+        norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        if self.world > 1 and not (finite and torch.isfinite(norm)):
+            # A non-finite loss on one rank reaches every rank through the gradient all-reduce: all of
+            # them stop here together instead of leaving the others waiting in a collective.
+            raise FloatingPointError(f"DHVC: the {phase} loss or its gradient became non-finite at epoch "
+                                     f"{self.epoch + 1} (rank {self.rank}: loss {float(loss.detach())}, "
+                                     f"gradient norm {float(norm)})")
+        norm = float(norm)
+        self.optimizer.step()
+        return {k: float(terms[k].detach()) for k in LOSS_TERMS}, norm
+
+    def replica(self, phase, dataset):
+        """A trainer for trying steps of ``phase`` on ``dataset`` without touching this one: a copy of the
+        network and the mixture, its own optimiser for the phase, on this process alone (no collectives; the
+        profiler's). Its joint steps carry the neighbour term when the configuration has one: this trainer's
+        targets, or uniform ones before the first joint epoch has computed them (a step costs the same)."""
+        cfg = self.config
+        other = copy.copy(self)
+        other.model = copy.deepcopy(self.model)
+        other.world, other.rank, other._ddp, other._ddp_phase = 1, 0, None, None
+        other.scheduler, other.history = None, list(self.history)
+        other.optimizer = other._make_optimizer(phase)
+        if phase == "joint" and self._targets is None and cfg.neighbors > 0 and cfg.gamma > 0:
+            other._targets = torch.full((len(dataset), cfg.n_clusters), 1.0 / cfg.n_clusters, device=self.device)
+        return other
 
     # ------------------------------------------------------------------------------------------------------
     # mixture
@@ -669,3 +718,39 @@ class Trainer:
     def predict(self, dataset, which=None):
         """(N,) int64 cluster labels, the argmax of ``predict_proba``."""
         return self.predict_proba(dataset, which).argmax(axis=1).astype(np.int64)
+
+    @torch.no_grad()
+    def evaluate_loss(self, dataset, *, neighbor_index=None, seed=0):
+        """The objective this trainer optimises, evaluated on ``dataset``: each term of ``LOSS_TERMS`` averaged
+        over the rows (batches of the training size, in order; one posterior sample per row drawn from
+        ``seed``, torch's random state left as it was; full precision). The pretraining objective until the
+        mixture is initialised, then the joint one with the same weights, the neighbour term included when
+        the configuration has one: its targets from the current network and the neighbours of the rows of
+        ``dataset``, ``neighbor_index`` (N, k) when given (the run's ``neighbor_index`` on the rows it was
+        trained on), else found among them as training finds them (``find_neighbors``). Label-free: a way to
+        compare checkpoints, also on held-out data."""
+        cfg = self.config
+        phase = "joint" if self.mixture_initialized else "pretrain"
+        weights = self.weights if phase == "joint" else self.pretrain_weights
+        targets = None
+        if phase == "joint" and cfg.neighbors > 0 and cfg.gamma > 0:
+            saved = self.neighbor_index, self._targets
+            try:  # the training's own code for both, on these rows; this trainer's state restored after
+                if neighbor_index is None:
+                    self.find_neighbors(dataset)
+                else:
+                    self.neighbor_index = neighbor_index.to(self.device)
+                targets = self.update_targets(dataset)
+            finally:
+                self.neighbor_index, self._targets = saved
+        self.model.eval()
+        sums, n = dict.fromkeys(LOSS_TERMS, 0.0), 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for x, t in _TargetBatches(self._loader(dataset, shuffle=False, with_index=targets is not None), targets):
+                terms = dhvc_loss(self.model, x.to(self.device), weights, phase=phase, targets=t)
+                for k in LOSS_TERMS:
+                    sums[k] += float(terms[k]) * x.shape[0]
+                n += x.shape[0]
+        return {k: v / max(n, 1) for k, v in sums.items()}

@@ -186,6 +186,11 @@ def test_evaluate_and_predict_agree_with_the_run(run_dir, tmp_path):
         assert evaluation[name] == pytest.approx(metrics["best"][name], abs=1e-12)
     assert evaluation["n_samples"] == N and sum(evaluation["cluster_sizes"]) == N
     assert np.isfinite(evaluation["loss"]["loss"])
+    # the trained objective: the run's neighbour term (default --neighbors 10, --gamma 32) included
+    loss = evaluation["loss"]
+    assert loss["nbr"] > 0
+    assert loss["loss"] == pytest.approx(loss["recon"] + loss["kl_prior"] + loss["kl_post"] - 4 * loss["h_c"]
+                                         + loss["h_c_given_z"] + 32 * loss["nbr"], rel=1e-5)
 
     # new data in a file, raw 0..16 values: --scaling train scales them as the run did, so the labels of
     # these rows are the run's labels

@@ -4,6 +4,8 @@
   the raw schemas themselves, with opcheck). A dynamic ``getattr(torch.ops, ...)`` counts too.
 - Between packages nothing imports a private name of ``dhvc_ext.mixture`` (its raw parameters are written by
   ``VMFMixture.set_parameters``).
+- One training step: only ``dhvc_ext.train`` (the Trainer's ``step`` and ``evaluate_loss``) calls the
+  objective ``dhvc_loss``; the command line, the profiler and the benchmarks go through the Trainer.
 """
 import pathlib
 import re
@@ -48,3 +50,11 @@ def test_no_private_mixture_import():
     pattern = re.compile(r"from dhvc_ext\.mixture import[^\n]*\b_\w+|mixture\._(?:inverse_softplus|set_values)\b")
     found = [rel for rel, text in _python_files("dhvc_ext/mixture.py") if pattern.search(text)]
     assert not found, f"private names of dhvc_ext.mixture used in {found} (use VMFMixture.set_parameters)"
+
+
+def test_only_the_trainer_calls_the_objective():
+    found = [f"{rel}:{n}: {line.strip()}" for rel, text in _python_files("dhvc_ext/models/", "dhvc_ext/train.py")
+             for n, line in _code_lines(text) if re.search(r"\bdhvc_loss\b", line)]
+    assert not found, "dhvc_loss called outside the Trainer (use Trainer.step / evaluate_loss):\n" + "\n".join(found)
+    train = (ROOT / "dhvc_ext" / "train.py").read_text(encoding="utf-8")
+    assert "def step(" in train and "def evaluate_loss(" in train and "dhvc_loss(" in train

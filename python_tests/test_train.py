@@ -237,6 +237,41 @@ def test_neighbour_term_uses_the_neighbours_and_targets_it_documents(digits, spa
     assert not torch.equal(off.model.head.weight, trainer.model.head.weight)
 
 
+def test_evaluate_loss_is_the_trained_objective_with_the_neighbour_term(digits):
+    from dhvc_ext.models import dhvc_loss
+    from dhvc_ext.neighbors import neighbor_targets
+
+    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+                         mixture_n_init=2, num_threads=1, seed=1, neighbors=6, pretrain_beta=0.5)
+    trainer = Trainer(config, digits.n_features)
+    trainer.fit(digits, callback=lambda t, r: t.epoch == 2)  # stop after pretraining
+    before = trainer.evaluate_loss(digits)
+    # pretraining: the pretraining objective recon + pretrain_beta KL, no cluster terms
+    assert before["loss"] == pytest.approx(before["recon"] + 0.5 * before["kl_prior"], rel=1e-6)
+    assert before["kl_post"] == before["nbr"] == 0
+    trainer.fit(digits)
+    index, state = trainer.neighbor_index.clone(), torch.get_rng_state()
+    got = trainer.evaluate_loss(digits, neighbor_index=index)
+    # torch's random state and the trainer's neighbours are as they were; the same seed, the same figures
+    assert torch.equal(torch.get_rng_state(), state) and torch.equal(trainer.neighbor_index, index)
+    assert trainer.evaluate_loss(digits, neighbor_index=index) == got
+    # written out: targets from the current network's q(c|x) and the run's neighbours, batches of 100 in order
+    q = torch.as_tensor(trainer.predict_proba(digits, "head"))
+    targets = neighbor_targets(q, index)
+    x = torch.as_tensor(digits.features(np.arange(600)))
+    weights = config.loss_weights()
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        terms = [dhvc_loss(trainer.model, x[i:i + 100], weights, targets=targets[i:i + 100]) for i in range(0, 600, 100)]
+    for name in got:
+        assert got[name] == pytest.approx(float(np.mean([float(t[name]) for t in terms])), rel=1e-5, abs=1e-6), name
+    assert got["nbr"] > 0
+    assert got["loss"] == pytest.approx(got["recon"] + got["kl_prior"] + got["kl_post"] - 4 * got["h_c"]
+                                        + got["h_c_given_z"] + 32 * got["nbr"], rel=1e-5)
+    # without the index: the neighbours found among the rows given, here the training rows (input space)
+    assert trainer.evaluate_loss(digits) == pytest.approx(got, rel=1e-6)
+
+
 def test_neighbours_on_tiny_data_and_gamma_zero(digits):
     tiny = digits.subset(4, seed=0)
     config = TrainConfig(n_clusters=2, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
