@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dhvc_ext import reference
+from dhvc_ext import testing
 
 N_ELEMENTS = 1_000_000
 SEED = 0
@@ -61,8 +61,8 @@ def cuda_ops(ops):
 
 @pytest.fixture(scope="session")
 def bessel_inputs():
-    """dtype name -> (nu, x) as numpy arrays of that dtype: the distribution of reference.benchmark_inputs."""
-    nu, x = reference.benchmark_inputs(N_ELEMENTS, SEED)
+    """dtype name -> (nu, x) as numpy arrays of that dtype: the distribution of testing.benchmark_inputs."""
+    nu, x = testing.benchmark_inputs(N_ELEMENTS, SEED)
     return {name: (nu.astype(name), x.astype(name)) for name in DTYPES}
 
 

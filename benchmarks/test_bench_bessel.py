@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from dhvc_ext import reference
+from dhvc_ext import testing
 from conftest import torch_threads
 
 DTYPES = ("float64", "float32")  # the keys of the bessel_inputs and kappa_grid fixtures
@@ -46,22 +46,22 @@ def _vmf_log_normalizer_scipy(d, kappa):
     """The SciPy way of log C_d(kappa): nu log kappa - d/2 log(2 pi) - log(ive(nu, kappa)) - kappa."""
     nu = d / 2 - 1
     with np.errstate(divide="ignore", invalid="ignore"):
-        return nu * np.log(kappa) - d / 2 * math.log(2 * math.pi) - reference.log_bessel_iv_scipy(nu, kappa)
+        return nu * np.log(kappa) - d / 2 * math.log(2 * math.pi) - testing.log_bessel_iv_scipy(nu, kappa)
 
 
 def _functions(op, ops):
     """op name -> {impl: callable on torch tensors (ours, torch) or numpy arrays (scipy)}."""
     table = {
         "log_bessel_iv": {
-            "torch": reference.log_bessel_iv_torch,
-            "scipy": reference.log_bessel_iv_scipy,
+            "torch": testing.log_bessel_iv_torch,
+            "scipy": testing.log_bessel_iv_scipy,
         },
         "bessel_iv_ratio": {
-            "torch": reference.bessel_iv_ratio_torch,
-            "scipy": reference.bessel_iv_ratio_scipy,
+            "torch": testing.bessel_iv_ratio_torch,
+            "scipy": testing.bessel_iv_ratio_scipy,
         },
         "vmf_log_normalizer": {
-            "torch": lambda kappa: reference.vmf_log_normalizer_torch(VMF_D, kappa),
+            "torch": lambda kappa: testing.vmf_log_normalizer_torch(VMF_D, kappa),
             "scipy": lambda kappa: _vmf_log_normalizer_scipy(VMF_D, kappa),
         },
     }[op]

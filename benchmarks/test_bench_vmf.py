@@ -6,7 +6,7 @@ per row and one concentration per row (a tensor of n values, all equal to the gr
 as in a VAE, where every row may have its own), d in {3, 10, 64, 512}, kappa in {1, 50, 1e3}. One group per
 (d, kappa) holds:
 - ours: dhvc_ext.ops.vmf_sample, at 1 and 2 torch threads;
-- torch: reference.vmf_sample_torch, Wood's sampler in vectorised plain PyTorch (a masked loop that draws
+- torch: testing.vmf_sample_torch, Wood's sampler in vectorised plain PyTorch (a masked loop that draws
   again for the rejected rows only), at 1 and 2 threads;
 - scipy: scipy.stats.vonmises_fisher(mu, kappa).rvs(n), a single parameter (one mu for the whole call, which
   is all it accepts), float64, single-threaded. Its rotation costs O(d^2) per sample (a QR-built d x d
@@ -29,7 +29,7 @@ import pytest
 import scipy.stats
 import torch
 
-from dhvc_ext import reference
+from dhvc_ext import testing
 from conftest import torch_threads
 
 try:  # a comparison, not a dependency: its rows are skipped where it is not installed (the GPU machine)
@@ -68,7 +68,7 @@ def _check(benchmark, out, loc, d, kappa, n, impl):
     norms = (torch.linalg.vector_norm(out.double(), dim=-1).cpu().numpy() if isinstance(out, torch.Tensor)
              else np.linalg.norm(out, axis=-1))
     t = _one_minus_w(out, loc)
-    want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+    want = testing.vmf_one_minus_mean_resultant_length(d, kappa)
     deviation = (t.mean() - want) / (t.std(ddof=1) / math.sqrt(n))
     benchmark.extra_info["max_norm_error"] = float(np.abs(norms - 1).max())
     benchmark.extra_info["mean_one_minus_w_error_se"] = float(deviation)
@@ -92,7 +92,7 @@ def _sampler(impl, ops_sample, loc, kappa, d):
     if impl == "ours":
         return (lambda: ops_sample(loc, conc)), loc, n
     if impl == "torch":
-        return (lambda: reference.vmf_sample_torch(loc, conc)), loc, n
+        return (lambda: testing.vmf_sample_torch(loc, conc)), loc, n
     if power_spherical is None:
         pytest.skip("power_spherical is not installed")
     return (lambda: power_spherical.PowerSpherical(loc, conc).rsample()), loc, n

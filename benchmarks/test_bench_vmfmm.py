@@ -167,7 +167,7 @@ def _em_fits(x, init, dtype="float64"):
     """The three fits of the EM fit group, by name, on the data rounded to dtype ("float64" or "float32")."""
     from sklearn.cluster import KMeans
 
-    from dhvc_ext import reference
+    from dhvc_ext import testing
     from dhvc_ext.mixture import VonMisesFisherMixture
 
     dtype = getattr(torch, dtype)
@@ -176,7 +176,7 @@ def _em_fits(x, init, dtype="float64"):
     kappa0, pi0 = np.full(EM_K, 10.0), np.full(EM_K, 1.0 / EM_K)
     return {
         "ours": lambda: VonMisesFisherMixture(EM_K, max_iter=EM_ITERS, tol=0.0, random_state=0, dtype=dtype).fit(x),
-        "numpy": lambda: reference.vmfmm_em_numpy(xn, init_n, kappa0, pi0, EM_ITERS),
+        "numpy": lambda: testing.vmfmm_em_numpy(xn, init_n, kappa0, pi0, EM_ITERS),
         "sklearn_kmeans": lambda: KMeans(EM_K, n_init=1, max_iter=EM_ITERS, tol=0.0, random_state=0).fit(xn),
     }
 
@@ -197,7 +197,7 @@ def em_data(ops):
 def test_em_fit(benchmark, em_data, impl, dtype, threads):
     """20 EM iterations on N = 20000, d = 10, K = 10 (float64 or float32 data; 1 or 2 threads for all three):
     ours (the estimator in that dtype, k-means++ start included) against the plain NumPy/SciPy EM of
-    dhvc_ext.reference from a random start (float64 inside, whatever the input), with scikit-learn's KMeans
+    dhvc_ext.testing from a random start (float64 inside, whatever the input), with scikit-learn's KMeans
     (Euclidean, on the same unit vectors, 20 iterations) as a point of reference."""
     fit = _em_fits(*em_data, dtype)[impl]
     benchmark.group = f"vmfmm EM fit N={EM_N} d={EM_D} K={EM_K} x{EM_ITERS} {dtype} {threads} thread(s) cpu"

@@ -4,6 +4,7 @@
   the raw schemas themselves, with opcheck). A dynamic ``getattr(torch.ops, ...)`` counts too.
 - Between packages nothing imports a private name of ``dhvc_ext.mixture`` (its raw parameters are written by
   ``VMFMixture.set_parameters``).
+- The references (``dhvc_ext.testing``) stand apart: no module of the runtime package imports them.
 - One training step: only ``dhvc_ext.train`` (the Trainer's ``step`` and ``evaluate_loss``) calls the
   objective ``dhvc_loss``; the command line, the profiler and the benchmarks go through the Trainer.
 """
@@ -58,3 +59,15 @@ def test_only_the_trainer_calls_the_objective():
     assert not found, "dhvc_loss called outside the Trainer (use Trainer.step / evaluate_loss):\n" + "\n".join(found)
     train = (ROOT / "dhvc_ext" / "train.py").read_text(encoding="utf-8")
     assert "def step(" in train and "def evaluate_loss(" in train and "dhvc_loss(" in train
+
+
+def test_the_runtime_package_never_imports_the_references():
+    pattern = re.compile(r"^\s*(?:from\s+dhvc_ext\s+import\s+[^\n]*\btesting\b|from\s+dhvc_ext\.testing\b|"
+                         r"import\s+dhvc_ext\.testing\b)", re.M)
+    runtime = [(rel, text) for rel, text in _python_files("dhvc_ext/testing/", "benchmarks/", "tools/")]
+    assert any(rel == "dhvc_ext/cli.py" for rel, _ in runtime)
+    found = [rel for rel, text in runtime if pattern.search(text)]
+    assert not found, f"the runtime package imports dhvc_ext.testing in {found}"
+    assert not (ROOT / "dhvc_ext" / "reference.py").exists()
+    # what it looks for is found where it is: the benchmarks import the references
+    assert pattern.search((ROOT / "benchmarks" / "conftest.py").read_text(encoding="utf-8"))

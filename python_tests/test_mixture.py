@@ -2,7 +2,7 @@
 
 Recovery of mixtures drawn with vmf_sample (adjusted Rand index and concentrations against the truth, the
 components matched by the Hungarian algorithm on mean cosines), EM against the plain NumPy/SciPy EM of
-dhvc_ext.reference at every iteration, the scikit-learn estimator contract, and the M-step guards (empty
+dhvc_ext.testing at every iteration, the scikit-learn estimator contract, and the M-step guards (empty
 components, rbar -> 1, large kappa and d). Fixed seeds throughout.
 """
 import math
@@ -20,7 +20,7 @@ from sklearn.metrics import adjusted_rand_score
 from dhvc_ext.mixture import (ConcentrationCapWarning, SphericalKMeans, VMFMixture, VonMisesFisherMixture,
                               _closest_centre_sums, _inverse_softplus)
 from dhvc_ext.ops import vmf_sample
-from dhvc_ext.reference import vmf_log_normalizer_ive, vmfmm_em_numpy
+from dhvc_ext.testing.mixture import vmf_log_normalizer_ive, vmfmm_em_numpy
 
 F64 = torch.float64
 

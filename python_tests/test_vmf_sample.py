@@ -1,7 +1,7 @@
 """Tests of dhvc_ext.ops.vmf_sample (shared/KERNELS.md 2.1 and 2.2): the distribution it samples, its
 numerical edges, shapes, seeding, gradients, and its integration with torch.library and torch.compile.
 
-The distribution is checked against exact references from dhvc_ext.reference, not against another sampler:
+The distribution is checked against exact references from dhvc_ext.testing, not against another sampler:
 the CDF of w = mu^T z (vmf_w_cdf, or vmf_t_cdf of t = 1 - w where w rounds to 1) by quadrature,
 A_d(kappa) = E[w] and A_d'(kappa) by mpmath, and dw/dkappa by implicit reparameterisation
 (vmf_dw_dkappa). The first section checks those references against closed forms and SciPy.
@@ -29,7 +29,7 @@ import scipy.stats
 import torch
 
 import dhvc_ext
-from dhvc_ext import reference
+from dhvc_ext import testing
 from dhvc_ext.ops import vmf_sample
 
 DIMS = [2, 3, 4, 5, 10, 64, 512, 4096]
@@ -85,13 +85,13 @@ def test_reference_cdf_closed_form_d3(kappa):
     # d = 3: P(1 - w <= t) = (1 - exp(-kappa t)) / (1 - exp(-2 kappa)), t / 2 at kappa = 0.
     t = np.concatenate([[0.0], np.logspace(-14, math.log10(2), 300)])
     want = t / 2 if kappa == 0 else np.expm1(-kappa * t) / np.expm1(-2 * kappa)
-    np.testing.assert_allclose(reference.vmf_t_cdf(t, kappa, 3), want, rtol=3e-15, atol=1e-300)
+    np.testing.assert_allclose(testing.vmf_t_cdf(t, kappa, 3), want, rtol=3e-15, atol=1e-300)
     w = np.linspace(-1, 1, 201)
-    np.testing.assert_allclose(reference.vmf_w_cdf(w, kappa, 3), 1 - reference.vmf_t_cdf(1 - w, kappa, 3),
+    np.testing.assert_allclose(testing.vmf_w_cdf(w, kappa, 3), 1 - testing.vmf_t_cdf(1 - w, kappa, 3),
                                rtol=0, atol=1e-15)
     if kappa >= 1:  # exp(kappa (w - 1)) - exp(-2 kappa) does not cancel here
         want_w = (np.exp(kappa * (w - 1)) - math.exp(-2 * kappa)) / -math.expm1(-2 * kappa)
-        np.testing.assert_allclose(reference.vmf_w_cdf(w, kappa, 3), want_w, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(testing.vmf_w_cdf(w, kappa, 3), want_w, rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("d,kappa", [(2, 0.0), (2, 3.0), (2, 1e8), (4, 0.5), (5, 2.0), (64, 1e4), (512, 1e8),
@@ -117,7 +117,7 @@ def test_reference_cdf_against_scipy_quad(d, kappa):
     thetas = [th for th in mode + width * np.array([-3.0, -1.0, 0.0, 0.5, 2.0]) if lo < th < hi]
     for theta in thetas:
         want = (integral(lo, theta) if theta <= mode else norm - integral(theta, hi)) / norm
-        got = reference.vmf_t_cdf(2 * math.sin(theta / 2) ** 2, kappa, d)
+        got = testing.vmf_t_cdf(2 * math.sin(theta / 2) ** 2, kappa, d)
         assert abs(got - want) < 1e-12, (d, kappa, theta, got, want)
 
 
@@ -127,7 +127,7 @@ def test_reference_implicit_gradient_closed_form_d3(kappa):
     # dw/dkappa = t / kappa - 2 e^{kappa (t - 2)} expm1(-kappa t) / (kappa expm1(-2 kappa)).
     t = np.logspace(-3, math.log10(1.99), 50) * min(1.0, 3 / kappa)
     want = t / kappa - 2 * np.exp(kappa * (t - 2)) * np.expm1(-kappa * t) / (kappa * math.expm1(-2 * kappa))
-    np.testing.assert_allclose(reference.vmf_dw_dkappa(t, kappa, 3), want, rtol=1e-12)
+    np.testing.assert_allclose(testing.vmf_dw_dkappa(t, kappa, 3), want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("d", [2, 3, 5, 64, 512, 4096])
@@ -135,14 +135,14 @@ def test_reference_implicit_gradient_closed_form_d3(kappa):
 def test_reference_mean_of_cdf_matches_mean_resultant(d, kappa):
     # E[t] = int_0^2 (1 - F_t(t)) dt from the quadrature CDF against 1 - A_d(kappa) from mpmath Bessel ratios,
     # integrated in the angle (t = 2 sin^2(theta/2), dt = sin(theta) dtheta), where F is smooth for every d.
-    want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+    want = testing.vmf_one_minus_mean_resultant_length(d, kappa)
     top = 2 * math.asin(math.sqrt(min(1.0, 30 * want)))
     x, w = np.polynomial.legendre.leggauss(100)
     edges = np.concatenate([[0.0], np.geomspace(top * 1e-6, top, 40)])
     total = 0.0
     for a, b in zip(edges[:-1], edges[1:]):
         theta = (a + b) / 2 + (b - a) / 2 * x
-        tail = 1 - reference.vmf_t_cdf(2 * np.sin(theta / 2) ** 2, kappa, d)
+        tail = 1 - testing.vmf_t_cdf(2 * np.sin(theta / 2) ** 2, kappa, d)
         total += (tail * np.sin(theta) * w).sum() * (b - a) / 2
     assert total == pytest.approx(want, rel=1e-9)
 
@@ -150,15 +150,15 @@ def test_reference_mean_of_cdf_matches_mean_resultant(d, kappa):
 def test_reference_mean_resultant_derivative():
     # Small kappa: A_d(kappa) = kappa / d - kappa^3 / (d^2 (d + 2)) + ..., so A_d'(0) = 1/d.
     for d in (2, 3, 100):
-        assert reference.vmf_mean_resultant_derivative(d, 0.0) == 1 / d
-        assert reference.vmf_mean_resultant_derivative(d, 1e-6) == pytest.approx(1 / d, rel=1e-9)
+        assert testing.vmf_mean_resultant_derivative(d, 0.0) == 1 / d
+        assert testing.vmf_mean_resultant_derivative(d, 1e-6) == pytest.approx(1 / d, rel=1e-9)
     # Against a central difference of A_d.
     for d, kappa in [(5, 2.0), (10, 1.0), (1000, 200.0)]:
         h = 1e-4 * kappa
-        fd = (reference.vmf_mean_resultant_length(d, kappa + h)
-              - reference.vmf_mean_resultant_length(d, kappa - h)) / (2 * h)
-        assert reference.vmf_mean_resultant_derivative(d, kappa) == pytest.approx(fd, rel=1e-6)
-    assert reference.vmf_mean_resultant_derivative(5, 2.0) == pytest.approx(0.14739, abs=1e-5)  # KERNELS.md 2.2
+        fd = (testing.vmf_mean_resultant_length(d, kappa + h)
+              - testing.vmf_mean_resultant_length(d, kappa - h)) / (2 * h)
+        assert testing.vmf_mean_resultant_derivative(d, kappa) == pytest.approx(fd, rel=1e-6)
+    assert testing.vmf_mean_resultant_derivative(5, 2.0) == pytest.approx(0.14739, abs=1e-5)  # KERNELS.md 2.2
 
 
 # --- the distribution ------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_distribution(d, kappa, device, dtype):
     loc = unit_vector(d, seed=d, dtype=dtype, device=device)
     mu = (loc.double() / loc.double().norm()).cpu()
     norm_tol = 1e-6 if dtype == torch.float32 else 1e-12
-    one_minus_a = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+    one_minus_a = testing.vmf_one_minus_mean_resultant_length(d, kappa)
     # KS on w itself while its spread is far above float rounding; on t = 1 - w where w crowds at 1.
     ks_on_t = one_minus_a < 1e-3
     failures, pvalues, t_all, z_perp_sum, y_all = [], [], [], torch.zeros(d, dtype=torch.float64), []
@@ -198,10 +198,10 @@ def test_distribution(d, kappa, device, dtype):
         t = one_minus_w(z, mu)
         t_all.append(t)
         if ks_on_t:
-            pvalues.append(scipy.stats.kstest(t.numpy(), lambda x: reference.vmf_t_cdf(x, kappa, d)).pvalue)
+            pvalues.append(scipy.stats.kstest(t.numpy(), lambda x: testing.vmf_t_cdf(x, kappa, d)).pvalue)
         else:
             w = (z @ mu).numpy()
-            pvalues.append(scipy.stats.kstest(w, lambda x: reference.vmf_w_cdf(x, kappa, d)).pvalue)
+            pvalues.append(scipy.stats.kstest(w, lambda x: testing.vmf_w_cdf(x, kappa, d)).pvalue)
         w = 1 - t
         perp = z - w[:, None] * mu  # the tangent part, sqrt(1 - w^2) y
         z_perp_sum += perp.sum(0)
@@ -274,7 +274,7 @@ def test_float32_keeps_one_minus_w(d, kappa, device):
     loc = unit_vector(d, seed=5, dtype=torch.float32, device=device)
     z = vmf_sample(loc.expand(n, d), torch.full((n,), kappa, device=device), generator=generator(device, 9))
     t = one_minus_w(z.cpu(), loc.cpu())
-    want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+    want = testing.vmf_one_minus_mean_resultant_length(d, kappa)
     mean, se = mean_and_se(t.numpy())
     assert 4 * se < 0.025 * want  # enough samples for the rule below to be a 2.5% rule
     assert abs(mean - want) < 4 * se, f"mean 1 - w = {mean:.5g}, want {want:.5g} ({mean / want - 1:+.2%})"
@@ -299,7 +299,7 @@ def test_unit_norm_at_the_poles(d, which, device, dtype):
         assert norm_err <= (1e-6 if dtype == torch.float32 else 1e-12), (kappa, norm_err)
         # The samples gather around loc (not -loc, not e1): mean 1 - w against 1 - A_d(kappa).
         mean, se = mean_and_se(one_minus_w(z.cpu(), loc.cpu()).numpy())
-        want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+        want = testing.vmf_one_minus_mean_resultant_length(d, kappa)
         assert abs(mean - want) <= 4 * se + 1e-6 * want, (which, kappa, mean, want, se)
 
 
@@ -438,7 +438,7 @@ def test_thread_count_and_batch_size_do_not_change_samples(d, dtype):
 
 _SCALAR_PATH_SCRIPT = """
 import math, sys, torch
-from dhvc_ext import reference
+from dhvc_ext import testing
 from dhvc_ext.ops import vmf_sample
 worst = 0.0
 for d in (2, 3, 10, 64):
@@ -447,7 +447,7 @@ for d in (2, 3, 10, 64):
         loc = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64, generator=g), dim=0)
         z = vmf_sample(loc.float().expand(20000, d), torch.full((20000,), kappa), generator=g.manual_seed(4))
         t = ((z.double() - loc) ** 2).sum(-1) / 2
-        want = reference.vmf_one_minus_mean_resultant_length(d, kappa)
+        want = testing.vmf_one_minus_mean_resultant_length(d, kappa)
         worst = max(worst, abs(t.mean().item() - want) / (t.std().item() / math.sqrt(t.numel())))
         assert (torch.linalg.vector_norm(z.double(), dim=-1) - 1).abs().max() < 1e-6
 z = vmf_sample(torch.eye(5)[:1].expand(8, 5), torch.full((8,), 2.0), generator=torch.Generator().manual_seed(0))
@@ -496,12 +496,12 @@ def grad_n_samples(d):
 def test_concentration_gradient_is_unbiased(d, kappa, device):
     # KERNELS.md 2.2: the Monte-Carlo mean of d(mu^T z)/dkappa must be A_d'(kappa) = dE[mu^T z]/dkappa.
     grad, t = kappa_gradients(vmf_sample, d, kappa, grad_n_samples(d), seed=17, device=device)
-    want = reference.vmf_mean_resultant_derivative(d, kappa)
+    want = testing.vmf_mean_resultant_derivative(d, kappa)
     mean, se = mean_and_se(grad)
     assert abs(mean - want) <= 4 * se, \
         f"mean {mean:.6g} +- {se:.2g}, want {want:.6g} ({(mean - want) / se:+.1f} SE)"
     # Sample by sample: the implicit-reparameterisation dw/dkappa at the sample's own 1 - w.
-    ref = reference.vmf_dw_dkappa(t, kappa, d)
+    ref = testing.vmf_dw_dkappa(t, kappa, d)
     assert np.all(np.isfinite(ref))
     # The op's quadrature (two 16-point Gauss-Legendre panels on each side of the integrand's peak) is within
     # 6e-12 of the reference at every sample measured, tails included; the reference is within 1e-13 of mpmath.
@@ -512,8 +512,8 @@ def test_the_gradient_check_rejects_the_svae_estimator():
     # The check above, applied to S-VAE's estimator (Wood's transform with its Beta draw held fixed), must
     # fail: at d = 5, kappa = 2 its mean is 0.12767 against A_d'(2) = 0.14739 (-13%, KERNELS.md 2.2).
     d, kappa = 5, 2.0
-    grad, _ = kappa_gradients(reference.vmf_sample_svae_rsample, d, kappa, 20000, seed=17)
-    want = reference.vmf_mean_resultant_derivative(d, kappa)
+    grad, _ = kappa_gradients(testing.vmf_sample_svae_rsample, d, kappa, 20000, seed=17)
+    want = testing.vmf_mean_resultant_derivative(d, kappa)
     mean, se = mean_and_se(grad)
     # The 4-SE rule fails it, with room to spare (about 60 SE with these 20000 samples).
     assert abs(mean - want) > 10 * se, \

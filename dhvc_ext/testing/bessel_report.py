@@ -1,6 +1,6 @@
 """A short accuracy-and-speed report of our Bessel ops against SciPy (the main job of ``make demo``).
 
-Run: ``python -m dhvc_ext.bessel_report [--n 200000] [--seed 0]``
+Run: ``python -m dhvc_ext.testing.bessel_report [--n 200000] [--seed 0]``
 
 It prints
   (a) single-thread time per element of ours and of the SciPy way on the benchmark distribution
@@ -9,7 +9,7 @@ It prints
       where neither failed;
   (c) a few points where SciPy fails, against mpmath at 50 digits when mpmath is installed;
   (d) whether the CUDA kernels are compiled in.
-Uses numpy, scipy and torch (mpmath optional). A report, not library code: it may import reference.
+Uses numpy, scipy and torch (mpmath optional). A report, not library code: it uses the references of ``dhvc_ext.testing``.
 """
 import argparse
 import time
@@ -18,7 +18,7 @@ import numpy as np
 import scipy
 import torch
 
-from dhvc_ext import ops, reference
+from dhvc_ext import ops, testing
 
 try:
     import mpmath
@@ -56,11 +56,11 @@ def _mp_log_iv(nu, x):
 
 def speed_and_accuracy(n, seed):
     """Rows (op, ours ns/elem, scipy ns/elem, ours non-finite, scipy non-finite, max error where finite)."""
-    nu_np, x_np = reference.benchmark_inputs(n, seed)
+    nu_np, x_np = testing.benchmark_inputs(n, seed)
     nu_t, x_t = torch.from_numpy(nu_np), torch.from_numpy(x_np)
     cases = [
-        ("log_bessel_iv", ops.log_bessel_iv, reference.log_bessel_iv_scipy, "log"),
-        ("bessel_iv_ratio", ops.bessel_iv_ratio, reference.bessel_iv_ratio_scipy, "ratio"),
+        ("log_bessel_iv", ops.log_bessel_iv, testing.log_bessel_iv_scipy, "log"),
+        ("bessel_iv_ratio", ops.bessel_iv_ratio, testing.bessel_iv_ratio_scipy, "ratio"),
     ]
     rows = []
     for name, ours_fn, scipy_fn, kind in cases:
@@ -84,8 +84,8 @@ def failure_rows():
     x = torch.tensor([p[1] for p in FAILURE_POINTS], dtype=torch.float64)
     ours = ops.log_bessel_iv(nu, x).numpy()
     ours_r = ops.bessel_iv_ratio(nu, x).numpy()
-    theirs = reference.log_bessel_iv_scipy(nu.numpy(), x.numpy())
-    theirs_r = reference.bessel_iv_ratio_scipy(nu.numpy(), x.numpy())
+    theirs = testing.log_bessel_iv_scipy(nu.numpy(), x.numpy())
+    theirs_r = testing.bessel_iv_ratio_scipy(nu.numpy(), x.numpy())
     rows = []
     for i, (a, b) in enumerate(FAILURE_POINTS):
         exact = _mp_log_iv(a, b) if mpmath is not None else None
