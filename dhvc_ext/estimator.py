@@ -10,6 +10,7 @@ checked before any training: NaN or inf, a rank other than 2, an empty array, or
 ValueError naming the problem.
 """
 import dataclasses
+import inspect
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
@@ -21,67 +22,56 @@ from dhvc_ext.train import TrainConfig, Trainer
 __all__ = ["DHVC"]
 
 
+#: TrainConfig fields that the estimator takes by position too (the rest are keyword-only).
+_POSITIONAL = ("n_clusters", "latent_dim")
+#: TrainConfig fields whose estimator parameter has the scikit-learn name.
+_RENAMED = {"seed": "random_state"}
+
+
+def _signature():
+    """The estimator's parameters: one per ``TrainConfig`` field, with its default (``seed`` as
+    ``random_state``), then ``verbose``. Derived, so that the two never differ (the configuration is the one
+    source of the training knobs)."""
+    P = inspect.Parameter
+    fields = dataclasses.fields(TrainConfig)
+    params = [P("self", P.POSITIONAL_OR_KEYWORD)]
+    for f in sorted(fields, key=lambda f: f.name not in _POSITIONAL):  # stable: the fields' order otherwise
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = P.POSITIONAL_OR_KEYWORD if f.name in _POSITIONAL else P.KEYWORD_ONLY
+        params.append(P(_RENAMED.get(f.name, f.name), kind, default=default))
+    params.append(P("verbose", P.KEYWORD_ONLY, default=False))
+    return inspect.Signature(params)
+
+
 class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
     """Deep Hyperspherical Variational Clustering (scikit-learn estimator API).
 
-    The parameters are those of ``dhvc_ext.train.TrainConfig`` (see its docstring; ``random_state`` is its
-    ``seed``). ``verbose`` shows tqdm progress bars.
+    The parameters are the fields of ``dhvc_ext.train.TrainConfig``, with its defaults (see its docstring;
+    ``random_state`` is its ``seed``), and ``verbose`` (tqdm progress bars): ``DHVC(n_clusters, latent_dim,
+    *, hidden=..., ...)``. An unknown parameter is a TypeError naming it.
 
     Fitted attributes: ``labels_`` (n_samples,), ``trainer_`` (the ``Trainer``, with ``model`` and
     ``history``), ``history_`` (one dict of loss terms per epoch), ``n_features_in_``.
     """
 
-    def __init__(self, n_clusters=10, latent_dim=10, *, hidden=(500, 500, 2000), arch="mlp", likelihood="auto",
-                 kappa_min=1.0, kappa_max=1e3, head="separate", beta=1.0, alpha=1.0, eta=1.0, lam=4.0, kl_direction="forward",
-                 gamma=32.0, neighbors=10, neighbor_space="input",
-                 pretrain_epochs=50, pretrain_beta=0.0, epochs=50, batch_size=None, pretrain_lr=1e-3, lr=1e-3,
-                 lr_decay=0.9, lr_step=10, grad_clip=10.0, mixture_update="em", em_every=1, em_iters=5, mixture_lr_scale=0.1,
-                 mixture_fit_on="samples", mixture_n_init=5, head_init="mixture", predict_with="head",
-                 random_state=0, device="auto", bf16=False, num_threads=None, verbose=False):
-        self.n_clusters = n_clusters
-        self.latent_dim = latent_dim
-        self.hidden = hidden
-        self.arch = arch
-        self.likelihood = likelihood
-        self.kappa_min = kappa_min
-        self.kappa_max = kappa_max
-        self.head = head
-        self.beta = beta
-        self.alpha = alpha
-        self.eta = eta
-        self.lam = lam
-        self.kl_direction = kl_direction
-        self.gamma = gamma
-        self.neighbors = neighbors
-        self.neighbor_space = neighbor_space
-        self.pretrain_epochs = pretrain_epochs
-        self.pretrain_beta = pretrain_beta
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.pretrain_lr = pretrain_lr
-        self.lr = lr
-        self.lr_decay = lr_decay
-        self.lr_step = lr_step
-        self.grad_clip = grad_clip
-        self.mixture_update = mixture_update
-        self.em_every = em_every
-        self.em_iters = em_iters
-        self.mixture_lr_scale = mixture_lr_scale
-        self.mixture_fit_on = mixture_fit_on
-        self.mixture_n_init = mixture_n_init
-        self.head_init = head_init
-        self.predict_with = predict_with
-        self.random_state = random_state
-        self.device = device
-        self.bf16 = bf16
-        self.num_threads = num_threads
-        self.verbose = verbose
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = _SIGNATURE.bind(self, *args, **kwargs)
+        except TypeError as err:
+            unknown = sorted(set(kwargs) - set(_SIGNATURE.parameters))
+            what = f"unknown parameter(s) {', '.join(map(repr, unknown))}" if unknown else str(err)
+            raise TypeError(f"DHVC: {what}; the parameters are TrainConfig's fields (random_state for seed) and "
+                            "verbose") from None
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
 
     def _config(self):
-        params = self.get_params()
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        kwargs = {k: v for k, v in params.items() if k in names}
-        return TrainConfig(**kwargs, seed=0 if self.random_state is None else self.random_state)
+        """The ``TrainConfig`` of the parameters (``random_state`` None: seed 0)."""
+        params = self.get_params(deep=False)
+        params.pop("verbose")
+        seed = params.pop("random_state")
+        return TrainConfig(**params, seed=0 if seed is None else seed)
 
     def _dataset(self, X, fitted):
         if fitted:
@@ -132,3 +122,7 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
         """Latent mean directions mu_x, unit rows: (n_samples, latent_dim) float32."""
         data = self._dataset(X, fitted=True)
         return self.trainer_.encode(data).cpu().numpy()
+
+
+_SIGNATURE = _signature()
+DHVC.__init__.__signature__ = _SIGNATURE  # what scikit-learn's get_params, clone and repr read

@@ -158,6 +158,36 @@ def test_estimator_rejects_more_clusters_than_samples():
     assert not hasattr(est, "trainer_")
 
 
+def test_estimator_parameters_are_the_train_config_fields(monkeypatch):
+    import dataclasses
+    import inspect
+
+    from dhvc_ext import estimator
+
+    # field by field, defaults included: seed is random_state, and verbose is the estimator's own
+    params = inspect.signature(DHVC).parameters
+    fields = {("random_state" if f.name == "seed" else f.name): f.default for f in dataclasses.fields(TrainConfig)}
+    assert {name: p.default for name, p in params.items()} == {**fields, "verbose": False}
+    assert list(params)[:2] == ["n_clusters", "latent_dim"]
+    assert DHVC().get_params() == {**fields, "verbose": False}
+    assert DHVC()._config() == TrainConfig()
+    # every parameter reaches the configuration under its field's name, none dropped
+    monkeypatch.setattr(estimator, "TrainConfig", lambda **kwargs: kwargs)
+    values = {name: object() for name in params}
+    got = DHVC(**values)._config()
+    assert got == {("seed" if name == "random_state" else name): value for name, value in values.items()
+                   if name != "verbose"}
+    assert DHVC(3, 4)._config()["n_clusters"] == 3 and DHVC(3, 4)._config()["latent_dim"] == 4
+    assert DHVC(random_state=None)._config()["seed"] == 0
+    # an unknown parameter is an error, at construction and in set_params
+    with pytest.raises(TypeError, match="unknown parameter.*'n_cluster'"):
+        DHVC(n_cluster=3)
+    with pytest.raises(ValueError, match="n_cluster"):
+        DHVC().set_params(n_cluster=3)
+    with pytest.raises(TypeError, match="too many positional"):
+        DHVC(3, 4, 5)
+
+
 def test_estimator_api(digits):
     X = digits.features()[:200]
     est = DHVC(n_clusters=4, random_state=1, **FAST)
