@@ -188,6 +188,20 @@ def test_estimator_parameters_are_the_train_config_fields(monkeypatch):
         DHVC(3, 4, 5)
 
 
+def test_loss_weights_are_train_config_fields():
+    import dataclasses
+
+    from dhvc_ext.models import LossWeights
+
+    # each weight of the objective is a TrainConfig field with the same default, passed through by loss_weights
+    config_fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    weights = {f.name: f.default for f in dataclasses.fields(LossWeights)}
+    assert weights and all(config_fields.get(name, object()) == default for name, default in weights.items())
+    changed = dict(beta=0.5, alpha=2.0, eta=3.0, lam=1.5, kl_direction="reverse", gamma=7.0)
+    assert set(changed) == set(weights)
+    assert TrainConfig(**changed).loss_weights() == LossWeights(**changed)
+
+
 def test_estimator_api(digits):
     X = digits.features()[:200]
     est = DHVC(n_clusters=4, random_state=1, **FAST)
