@@ -130,10 +130,10 @@ def op_share(trainer, dataset, steps=20):
     return dict(share=sum(ours.values()) / total, per_op={k: v / total for k, v in sorted(ours.items())})
 
 
-def seed_job(data, data_dir, threads, config, with_share):
+def seed_job(data, data_dir, scaling, threads, config, with_share):
     """One seed in its own process (``--jobs``): the run's result, and the op share when asked."""
     torch.set_num_threads(threads)
-    dataset = load_dataset(data, data_dir=data_dir)
+    dataset = load_dataset(data, data_dir=data_dir, scaling=scaling)
     result, trainer = run_seed(dataset, config)
     return result, op_share(trainer, dataset) if with_share else None, hardware(trainer.device)
 
@@ -157,6 +157,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="digits", help="digits, fashion-mnist or a file path")
     parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST idx files")
+    parser.add_argument("--scaling", default="minmax", choices=("minmax", "standard"),
+                        help="feature scaling (standard: per-feature z-scores, for tabular data)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per seed)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -170,7 +172,7 @@ def main(argv=None):
         parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.data, data_dir=args.data_dir)
+    dataset = load_dataset(args.data, data_dir=args.data_dir, scaling=args.scaling)
     if dataset.y is None:
         parser.error(f"{args.data} has no labels: the table needs them")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
@@ -183,7 +185,7 @@ def main(argv=None):
         import multiprocessing
         pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
         with pool:
-            jobs = [pool.submit(seed_job, args.data, args.data_dir, args.threads, c, i == 0)
+            jobs = [pool.submit(seed_job, args.data, args.data_dir, args.scaling, args.threads, c, i == 0)
                     for i, c in enumerate(configs)]
             done = [job.result() for job in jobs]
         results, share, hw = [r for r, _, _ in done], done[0][1], done[0][2]

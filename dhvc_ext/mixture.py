@@ -182,6 +182,14 @@ class VMFMixture(torch.nn.Module):
         return reseed
 
     @torch.no_grad()
+    def m_step(self, z, n_k, s_k, n=None):
+        """The closed-form M-step from given sufficient statistics N_k = sum_i r_ik (K,) and S_k = sum_i r_ik z_i
+        (K, d) of n points (default: the rows of z), e.g. of another clustering's soft labels r (N, K); z (M, d)
+        are the candidates that re-seed an empty component. Writes the parameters; returns whether a component
+        was re-seeded."""
+        return self._m_step(z, n_k, s_k, None, n)
+
+    @torch.no_grad()
     def set_parameters(self, mu, kappa, log_pi):
         """Write (mu (K, d) unit rows, kappa (K,), log_pi (K,)), of any dtype, to the unconstrained parameters
         (kappa below kappa_min becomes kappa_min): the inverse of the ``mu``, ``kappa`` and ``log_pi``

@@ -115,6 +115,8 @@ class TrainConfig:
     mixture_fit_on: str = "samples"
     mixture_n_init: int = 5
     head_init: str = "mixture"
+    cluster_init: str = "mixture"
+    manifold_runs: int = 6
     predict_with: str = "head"
     seed: int = 0
     device: str = "auto"
@@ -125,7 +127,8 @@ class TrainConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         for name, low in (("n_clusters", 2), ("latent_dim", 2), ("pretrain_epochs", 0), ("epochs", 0),
                           ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
-                          ("mixture_n_init", 1), ("seed", 0), ("neighbors", 0)):
+                          ("mixture_n_init", 1), ("seed", 0), ("neighbors", 0),
+                          ("manifold_runs", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"TrainConfig: {name} must be an int >= {low}, got {value!r}")
@@ -137,7 +140,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be a finite number > 0, got {value!r}")
         choices = dict(likelihood=("auto", "bernoulli", "gaussian"), mixture_update=("em", "gradient"),
                        predict_with=("head", "mixture"), mixture_fit_on=("samples", "means"),
-                       head_init=("mixture", "random"), neighbor_space=("input", "latent"))
+                       head_init=("mixture", "random"), neighbor_space=("input", "latent"),
+                       cluster_init=("mixture", "manifold"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -266,6 +270,7 @@ class Trainer:
         # the neighbour term: (N, k) neighbours (found when the joint phase starts; saved) and (N, K) targets
         # (recomputed at the start of every joint epoch from the network, so not saved)
         self.neighbor_index, self._targets = None, None
+        self._start_proba = None  # cluster_init="manifold": P0 (N, K), used by the first joint epoch
         self.optimizer = self._make_optimizer("pretrain")
         self.scheduler = None
         self._ddp, self._ddp_phase, self._saved_world, self._rank_rng = None, None, None, None
@@ -479,12 +484,37 @@ class Trainer:
         fitted = vmfmm.mixture_
         mixture.set_parameters(fitted.mu, fitted.kappa, fitted.log_pi)
         loglik = vmfmm.lower_bound_
+        self._start_proba = None
+        if cfg.cluster_init == "manifold":
+            self._start_proba = self._manifold_start(dataset, mu)
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_init == "mixture":
             self._init_head_from_mixture()
         if cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:
             self.find_neighbors(dataset)
         return loglik
+
+    @torch.no_grad()
+    def _manifold_start(self, dataset, z):
+        """``cluster_init="manifold"`` (our addition): the consensus P0 (N, K) of ``manifold_runs`` UMAP + GMM
+        clusterings of the scaled input rows (``dhvc_ext.manifold.manifold_posteriors``; no label), from which
+        one M-step on the encoded rows z (this rank's block, (n, d)) sets the mixture: N_k = sum_i P0_ik,
+        S_k = sum_i P0_ik z_i. The head then starts from this mixture, and the first joint epoch's neighbour
+        targets are built from P0 instead of the network's q(c|x). Returns P0 on the device (float32).
+        Every rank computes the same P0 from all the rows (UMAP is deterministic for a seed)."""
+        from dhvc_ext.manifold import manifold_posteriors
+
+        cfg, mixture = self.config, self.model.mixture
+        x = torch.cat([rows for rows in self._loader(dataset, shuffle=False)]).numpy()
+        proba = manifold_posteriors(x, cfg.n_clusters, runs=cfg.manifold_runs, seed=cfg.seed)
+        proba = torch.as_tensor(proba, dtype=torch.float64, device=self.device)
+        start, stop = dist.shard_range(len(dataset), self.rank, self.world)
+        r, zz = proba[start:stop], z.to(torch.float64)
+        n_k, s_k = r.sum(0), r.T @ zz
+        if self.world > 1:
+            dist.all_reduce_sum([n_k, s_k])
+        mixture.m_step(zz, n_k, s_k, n=len(dataset))
+        return proba.float()
 
     @torch.no_grad()
     def find_neighbors(self, dataset):
@@ -513,6 +543,11 @@ class Trainer:
         if self.neighbor_index is None:
             self._targets = None
             return None
+        start = self._start_proba
+        if start is not None and self.epoch == self.config.pretrain_epochs:
+            # the first joint epoch under cluster_init="manifold": the targets come from the manifold's P0
+            self._targets = neighbor_targets(start, self.neighbor_index.to(start.device))
+            return self._targets
         mu = self.encode(dataset, sharded=self.world > 1)
         if self.model.head is None:
             mu = mu.to(self.model.mixture.mu_raw.dtype)

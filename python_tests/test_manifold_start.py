@@ -1,0 +1,76 @@
+"""Trainer with cluster_init="manifold": the mixture, the head and the first joint epoch's targets come from a
+consensus of UMAP + GMM clusterings of the input rows (dhvc_ext.manifold), replaced here by known posteriors."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dhvc_ext import manifold
+from dhvc_ext.data import load_dataset
+from dhvc_ext.neighbors import neighbor_targets
+from dhvc_ext.train import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits").subset(300, seed=0)
+
+
+def _config(**kw):
+    base = dict(n_clusters=10, latent_dim=8, hidden=(64,), pretrain_epochs=2, epochs=2, batch_size=32,
+                mixture_n_init=1, cluster_init="manifold", manifold_runs=3, mixture_fit_on="means",
+                device="cpu", seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_the_start_is_the_given_posteriors(digits, monkeypatch):
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.full(10, 0.3), size=len(digits))
+    calls = []
+
+    def fake(x, k, *, runs, seed):
+        calls.append((x.shape, k, runs, seed))
+        np.testing.assert_allclose(x, digits.features(), rtol=1e-6, atol=1e-6)  # the scaled input rows
+        return proba
+
+    monkeypatch.setattr(manifold, "manifold_posteriors", fake)
+    trainer = Trainer(_config(), digits.n_features, unit_interval=digits.unit_interval)
+    seen = {}
+
+    def stop_after_first_joint_epoch(t, record):
+        if t.epoch == t.config.pretrain_epochs + 1:
+            seen["targets"] = t._targets.clone()
+            return True
+
+    trainer.fit(digits, callback=stop_after_first_joint_epoch)
+    assert calls == [((len(digits), digits.n_features), 10, 3, 0)]
+    r = torch.as_tensor(proba)
+    # the first joint epoch's targets: the neighbour targets of P0, not of the network's q(c|x)
+    expected = neighbor_targets(r.float(), trainer.neighbor_index)
+    torch.testing.assert_close(seen["targets"], expected)
+
+
+def test_the_mixture_is_the_m_step_of_the_posteriors(digits, monkeypatch):
+    labels = np.arange(len(digits)) % 10
+    proba = np.eye(10)[labels] * 0.9 + 0.01  # rows sum to 1
+    monkeypatch.setattr(manifold, "manifold_posteriors", lambda x, k, *, runs, seed: proba)
+    trainer = Trainer(_config(epochs=1), digits.n_features, unit_interval=digits.unit_interval)
+    trainer.fit(digits, callback=lambda t, r: t.epoch == t.config.pretrain_epochs)
+    mu = trainer.encode(digits).double()
+    trainer.init_mixture(digits)
+    r = torch.as_tensor(proba)
+    mixture = trainer.model.mixture
+    torch.testing.assert_close(mixture.pi.double(), r.mean(0), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mixture.mu.double(), F.normalize(r.T @ mu, dim=1), rtol=1e-5, atol=1e-6)
+    # the head starts as the mixture's posterior, as with the default start
+    q = trainer.model.cluster_log_probs(mu.float()).exp()
+    p = mixture.log_posterior(mu.to(mixture.mu_raw.dtype)).exp().float()
+    torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+
+
+def test_cluster_init_is_validated():
+    with pytest.raises(ValueError, match="cluster_init"):
+        TrainConfig(cluster_init="umap")
+    with pytest.raises(ValueError, match="manifold_runs"):
+        TrainConfig(manifold_runs=0)
