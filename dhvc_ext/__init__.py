@@ -1,9 +1,11 @@
 """dhvc-ext: clustering on the hypersphere for PyTorch.
 
 Layers, each importing only those below it: ``ops`` (the compiled kernels) -> ``distributions`` ->
-``mixture`` -> ``models`` -> ``train`` -> ``cli`` and the ``DHVC`` estimator; ``data`` and ``metrics`` are
-leaves. ``reference`` (slow, obviously-correct versions) is for tests and benchmarks only. The modules from
-``mixture`` up (scikit-learn, the networks) are imported on first use: ``dhvc_ext.DHVC`` loads them.
+``mixture`` -> ``models`` -> ``train`` -> the ``DHVC`` estimator, and the ``dhvc`` command: ``runs`` (a run's
+life) over ``run_files``, ``options``, ``console`` and ``exit_codes``, with ``cli`` (parsing and dispatch) on
+top; ``data`` and ``metrics`` are leaves. ``testing`` (slow, obviously-correct references) is for tests,
+benchmarks and reports only. The modules from ``mixture`` up (scikit-learn, the networks) are imported on
+first use: ``dhvc_ext.DHVC`` loads them.
 """
 from dhvc_ext._torch_check import check_build
 

@@ -356,7 +356,7 @@ def test_config_files_compose_with_flags(tmp_path):
         path = tmp_path / name
         path.write_text(text)
         args = parser.parse_args(["train", "--config", str(path), *flags])
-        cli._apply_config(args, actions["train"], actions)
+        cli.apply_config(args, actions["train"], actions)
         return args
 
     toml = 'data = "digits"\nclusters = 7\nlatent-dim = 5\nhidden = [64, 32]\nlr = 1\nplots = false\n'
@@ -623,7 +623,7 @@ def test_a_config_file_naming_an_option_twice_is_refused(call, tmp_path):
     config.write_text("clusters = 4\n[train]\nclusters = 5\n")
     parser, actions = cli._build_parser()
     args = parser.parse_args(["train", "--config", str(config)])
-    cli._apply_config(args, actions["train"], actions)
+    cli.apply_config(args, actions["train"], actions)
     assert args.clusters == 5
 
 

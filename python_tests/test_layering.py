@@ -5,6 +5,8 @@
 - Between packages nothing imports a private name of ``dhvc_ext.mixture`` (its raw parameters are written by
   ``VMFMixture.set_parameters``).
 - The references (``dhvc_ext.testing``) stand apart: no module of the runtime package imports them.
+- The command line is a thin shell: ``dhvc_ext/cli.py`` parses and dispatches (at most 400 lines); the life
+  of a run is ``dhvc_ext.runs``, and cli.py imports no training code at its top.
 - One training step: only ``dhvc_ext.train`` (the Trainer's ``step`` and ``evaluate_loss``) calls the
   objective ``dhvc_loss``; the command line, the profiler and the benchmarks go through the Trainer.
 """
@@ -71,3 +73,13 @@ def test_the_runtime_package_never_imports_the_references():
     assert not (ROOT / "dhvc_ext" / "reference.py").exists()
     # what it looks for is found where it is: the benchmarks import the references
     assert pattern.search((ROOT / "benchmarks" / "conftest.py").read_text(encoding="utf-8"))
+
+
+def test_the_command_line_is_a_thin_shell():
+    text = (ROOT / "dhvc_ext" / "cli.py").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 400
+    # the run's life is elsewhere: no checkpoint writes, signal handlers or training loops in cli.py
+    for word in (r"signal\.signal\(", r"checkpoint\.save\b(?!_)", r"trainer\.fit\(", r"\.step\(", "atomic_write"):
+        assert not re.search(word, text), word
+    runs = (ROOT / "dhvc_ext" / "runs.py").read_text(encoding="utf-8")
+    assert "def train_command(" in runs and "trainer.fit(" in runs
