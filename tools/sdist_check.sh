@@ -37,7 +37,7 @@ lap "built $sdist"
 tar tzf "$sdist" | sed 's|^[^/]*/||' | sort > "$OUTDIR/sdist-files.txt"
 # Everything the build compiles or reads, as it stands in the working tree.
 git ls-files --cached --others --exclude-standard -- csrc tests_cpp dhvc_ext \
-    setup.py pyproject.toml MANIFEST.in README.md CMakeLists.txt \
+    setup.py pyproject.toml MANIFEST.in README.md LICENSE CMakeLists.txt \
   | while read -r f; do [ -f "$f" ] && echo "$f"; done | sort > "$OUTDIR/needed-files.txt"
 missing=$(comm -23 "$OUTDIR/needed-files.txt" "$OUTDIR/sdist-files.txt")
 [ -z "$missing" ] || fail "the sdist lacks: $missing"
