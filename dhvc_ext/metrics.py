@@ -34,16 +34,25 @@ def _check_labels(y_true, y_pred):
     return y_true, y_pred
 
 
-def cluster_acc(y_true, y_pred) -> float:
-    """Fraction of points whose cluster is matched to their class by the best one-to-one matching."""
+def matched_contingency(y_true, y_pred):
+    """The (classes x clusters) contingency table of two labelings and its best one-to-one matching:
+    (classes, clusters, counts (C, K) int64 with counts[i, j] the points of class classes[i] in cluster
+    clusters[j], rows, cols) where the pairs (rows[m], cols[m]) maximise the matched count (Hungarian
+    algorithm; rows sorted). A rectangular table is fine: min(C, K) pairs are matched, the rest left out.
+    What ``cluster_acc`` scores and ``dhvc_ext.plots.confusion`` draws."""
     y_true, y_pred = _check_labels(y_true, y_pred)
     classes, t = np.unique(y_true, return_inverse=True)
     clusters, p = np.unique(y_pred, return_inverse=True)
-    counts = np.zeros((len(clusters), len(classes)), dtype=np.int64)
-    np.add.at(counts, (p.reshape(-1), t.reshape(-1)), 1)
-    # A rectangular matrix is fine: the assignment matches min(K_pred, K_true) pairs and leaves the rest out.
+    counts = np.zeros((len(classes), len(clusters)), dtype=np.int64)
+    np.add.at(counts, (t.reshape(-1), p.reshape(-1)), 1)
     rows, cols = linear_sum_assignment(counts, maximize=True)
-    return float(counts[rows, cols].sum() / len(y_true))
+    return classes, clusters, counts, rows, cols
+
+
+def cluster_acc(y_true, y_pred) -> float:
+    """Fraction of points whose cluster is matched to their class by the best one-to-one matching."""
+    _, _, counts, rows, cols = matched_contingency(y_true, y_pred)
+    return float(counts[rows, cols].sum() / counts.sum())
 
 
 def nmi(y_true, y_pred) -> float:

@@ -145,13 +145,9 @@ def latent_pca(mu, clusters, path, labels=None, n_clusters=None, seed=0):
 def confusion(y_true, y_pred, path):
     """Counts of (class, cluster) pairs; clusters are reordered so that the one matched to each class by
     the Hungarian assignment (as in the ACC score) sits on the diagonal, unmatched clusters last."""
-    from scipy.optimize import linear_sum_assignment
+    from dhvc_ext.metrics import matched_contingency
 
-    classes, t = np.unique(np.asarray(y_true), return_inverse=True)
-    clusters, p = np.unique(np.asarray(y_pred), return_inverse=True)
-    counts = np.zeros((len(classes), len(clusters)), dtype=np.int64)
-    np.add.at(counts, (t.reshape(-1), p.reshape(-1)), 1)
-    rows, cols = linear_sum_assignment(counts, maximize=True)  # rows come sorted
+    classes, clusters, counts, rows, cols = matched_contingency(y_true, y_pred)  # rows come sorted
     acc = counts[rows, cols].sum() / counts.sum()
     order = list(cols) + [c for c in range(len(clusters)) if c not in set(cols)]
     counts = counts[:, order]

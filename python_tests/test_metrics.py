@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from dhvc_ext.metrics import ari, cluster_acc, clustering_scores, nmi
+from dhvc_ext.metrics import ari, cluster_acc, clustering_scores, matched_contingency, nmi
 
 
 def brute_force_acc(y_true, y_pred):
@@ -37,6 +37,22 @@ def test_acc_matches_brute_force(seed):
     y_true = rng.integers(0, k_true, n).tolist()
     y_pred = rng.integers(0, k_pred, n).tolist()
     assert cluster_acc(y_true, y_pred) == pytest.approx(brute_force_acc(y_true, y_pred))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matched_contingency_is_the_table_and_its_best_matching(seed):
+    rng = np.random.default_rng(100 + seed)
+    k_true, k_pred = rng.integers(1, 6, size=2)
+    n = int(rng.integers(5, 30))
+    y_true, y_pred = rng.integers(0, k_true, n) + 3, rng.integers(0, k_pred, n) * 2
+    classes, clusters, counts, rows, cols = matched_contingency(y_true, y_pred)
+    np.testing.assert_array_equal(classes, np.unique(y_true))
+    np.testing.assert_array_equal(clusters, np.unique(y_pred))
+    for i, c in enumerate(classes):
+        for j, k in enumerate(clusters):
+            assert counts[i, j] == np.sum((y_true == c) & (y_pred == k))
+    assert list(rows) == sorted(rows) and len(set(cols)) == len(cols) == min(counts.shape)
+    assert counts[rows, cols].sum() / n == pytest.approx(brute_force_acc(y_true.tolist(), y_pred.tolist()))
 
 
 def test_more_clusters_than_classes_by_hand():
