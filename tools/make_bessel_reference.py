@@ -423,6 +423,24 @@ def closed_form_half(nu_f, x):
     return mp.log(i32), i52 / i32
 
 
+def check_log_iv_pair(res, nu_f, x_f, nu, x, l0, l1):
+    """Record in ``res`` how far l0 = log I_nu(x) and l1 = log I_{nu+1}(x) (mpf, computed at the caller's
+    precision, which this runs at) are from mpmath's besseli ("besseli", where it converges in reasonable
+    time, else the flag "besseli_skipped" or "besseli_noconvergence") and from the Debye expansion ("debye",
+    for nu >= DEBYE_MIN_NU). nu_f, x_f: the float inputs; nu, x: the same as mpf."""
+    if besseli_feasible(nu_f, x_f):
+        try:
+            b0 = mp.log(mp.besseli(nu, x))
+            b1 = mp.log(mp.besseli(nu + 1, x))
+            res["besseli"] = max(log_diff(l0, b0), log_diff(l1, b1))
+        except mpmath.libmp.NoConvergence:
+            res["besseli_noconvergence"] = 1
+    else:
+        res["besseli_skipped"] = 1
+    if nu_f >= DEBYE_MIN_NU:
+        res["debye"] = max(log_diff(l0, log_iv_debye(nu, x)), log_diff(l1, log_iv_debye(nu + 1, x)))
+
+
 def run_bessel_checks(i, nu_f, x_f, vals, out_strs):
     res = {}
     if x_f == 0:
@@ -431,21 +449,8 @@ def run_bessel_checks(i, nu_f, x_f, vals, out_strs):
     with mp.workdps(dps):
         nu = mpf(nu_f)
         x = mpf(x_f)
-        # 1. besseli
-        if besseli_feasible(nu_f, x_f):
-            try:
-                b0 = mp.log(mp.besseli(nu, x))
-                b1 = mp.log(mp.besseli(nu + 1, x))
-                res["besseli"] = max(log_diff(vals["log_iv"], b0),
-                                     log_diff(vals["_l1"], b1))
-            except mpmath.libmp.NoConvergence:
-                res["besseli_noconvergence"] = 1
-        else:
-            res["besseli_skipped"] = 1
-        # 1b. Debye expansion
-        if nu_f >= DEBYE_MIN_NU:
-            res["debye"] = max(log_diff(vals["log_iv"], log_iv_debye(nu, x)),
-                               log_diff(vals["_l1"], log_iv_debye(nu + 1, x)))
+        # 1. besseli, 1b. Debye expansion
+        check_log_iv_pair(res, nu_f, x_f, nu, x, vals["log_iv"], vals["_l1"])
         # 3. recurrence
         if i % 5 == 0 and nu_f > 0:
             lm = log_iv_series(nu - 1, x)
@@ -487,19 +492,7 @@ def run_vmf_checks(i, d, k_f, vals, out_strs):
         with mp.workdps(dps):
             nu = mpf(d) / 2 - 1
             k = mpf(k_f)
-            if besseli_feasible(nu_f, k_f):
-                try:
-                    b0 = mp.log(mp.besseli(nu, k))
-                    b1 = mp.log(mp.besseli(nu + 1, k))
-                    res["besseli"] = max(log_diff(vals["_l0"], b0),
-                                         log_diff(vals["_l1"], b1))
-                except mpmath.libmp.NoConvergence:
-                    res["besseli_noconvergence"] = 1
-            else:
-                res["besseli_skipped"] = 1
-            if nu_f >= DEBYE_MIN_NU:
-                res["debye"] = max(log_diff(vals["_l0"], log_iv_debye(nu, k)),
-                                   log_diff(vals["_l1"], log_iv_debye(nu + 1, k)))
+            check_log_iv_pair(res, nu_f, k_f, nu, k, vals["_l0"], vals["_l1"])
         if d == 3:
             with mp.workdps(dps + 40):
                 k = mpf(k_f)
