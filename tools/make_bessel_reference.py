@@ -525,26 +525,26 @@ THRESHOLDS = {
 # Worker tasks
 # ----------------------------------------------------------------------------
 
+def table_task(row_values, run_checks, cols, i, a, b, a_text):
+    """One row of a table: its values at DPS digits for the inputs (a, b), their CSV line (a written as
+    a_text), the checks of the row, and the seconds the values and the checks took."""
+    t0 = time.time()
+    vals = row_values(a, b, DPS)
+    strs = [fmt(vals[c]) for c in cols]
+    t1 = time.time()
+    checks = run_checks(i, a, b, vals, strs)
+    line = ",".join([a_text, repr(b)] + strs)
+    return i, line, checks, t1 - t0, time.time() - t1
+
+
 def bessel_task(args):
     i, nu_f, x_f = args
-    t0 = time.time()
-    vals = bessel_row_values(nu_f, x_f, DPS)
-    strs = [fmt(vals[c]) for c in BESSEL_COLS]
-    t1 = time.time()
-    checks = run_bessel_checks(i, nu_f, x_f, vals, strs)
-    line = ",".join([repr(nu_f), repr(x_f)] + strs)
-    return i, line, checks, t1 - t0, time.time() - t1
+    return table_task(bessel_row_values, run_bessel_checks, BESSEL_COLS, i, nu_f, x_f, repr(nu_f))
 
 
 def vmf_task(args):
     i, d, k_f = args
-    t0 = time.time()
-    vals = vmf_row_values(d, k_f, DPS)
-    strs = [fmt(vals[c]) for c in VMF_COLS]
-    t1 = time.time()
-    checks = run_vmf_checks(i, d, k_f, vals, strs)
-    line = ",".join([str(d), repr(k_f)] + strs)
-    return i, line, checks, t1 - t0, time.time() - t1
+    return table_task(vmf_row_values, run_vmf_checks, VMF_COLS, i, d, k_f, str(d))
 
 
 def crossing_task(args):
