@@ -121,8 +121,8 @@ def _build_parser():
     g = train.add_argument_group("run directory")
     add(train, g, "--out", metavar="DIR", help="directory for checkpoints, logs, metrics and plots (created)")
     add(train, g, "--resume", metavar="DIR", help="continue the run in DIR exactly where its last.pt stopped, "
-        "with its saved data and configuration (only --device, --threads, --progress, --quiet, --plots and "
-        "--metrics-every may be added)")
+        "with its saved data and configuration (only --device, --threads, --progress, --quiet, --plots, "
+        "--tensorboard and --metrics-every may be added)")
     add(train, g, "--overwrite", action="store_true", help="start a new run in an --out that already holds one "
         "(its files are replaced)")
     g = train.add_argument_group("model and schedule (defaults: dhvc_ext.train.TrainConfig)")
@@ -134,6 +134,9 @@ def _build_parser():
         "them) every N joint epochs, for the metrics plot and the log; each costs a prediction pass over the "
         f"data. 0: never (default: 1 up to {METRICS_EVERY_EPOCH_UP_TO} samples, else 5)")
     add(train, g, "--plots", action=argparse.BooleanOptionalAction, help="write the PNG plots (default: yes)")
+    add(train, g, "--tensorboard", action=argparse.BooleanOptionalAction, help="also write TensorBoard event files "
+        "to DIR/tensorboard: each epoch's loss terms and scores, the posterior and mixture concentrations, and the "
+        "latent means in the embedding projector (needs the tensorboard package; default: no)")
     add(train, g, "--progress", action=argparse.BooleanOptionalAction, help="tqdm progress bars with each loss "
         "term and samples/s (default: when stderr is a terminal; otherwise one line per epoch)")
     add(train, g, "--quiet", action="store_true", help="no progress bars and no per-epoch lines")

@@ -112,7 +112,7 @@ def train_fields():
 # Options that may accompany --resume: they change how the run executes or reports, not what it computes
 # (except --threads and --device, which change the floating-point summation order: allowed, but the result
 # may then differ in the last bits from an uninterrupted run).
-RESUME_OVERRIDES = ("resume", "device", "threads", "progress", "quiet", "plots", "metrics_every")
+RESUME_OVERRIDES = ("resume", "device", "threads", "progress", "quiet", "plots", "metrics_every", "tensorboard")
 #: The largest seed + 1: the mixture's initialisation seeds NumPy's RandomState, which takes 32 bits.
 SEED_LIMIT = 2**32
 

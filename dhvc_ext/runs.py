@@ -7,11 +7,13 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
+from dhvc_ext import tensorboard_log
 from dhvc_ext.console import SCORES, ProgressBars, describe, format_terms, threads_text
 from dhvc_ext.exit_codes import (EXIT_DIVERGED, EXIT_EXISTS, EXIT_FORMAT, EXIT_MISMATCH, EXIT_NOT_FOUND,
                                  EXIT_NOT_WRITABLE, EXIT_OK, EXIT_TOO_FEW, EXIT_USAGE, CLIError, Interrupted)
@@ -75,7 +77,7 @@ class Run:
     dataset: object
     trainer: object
     data_info: dict
-    options: dict                 # metrics_every, plots: fixed for the run
+    options: dict                 # metrics_every, plots, tensorboard: fixed for the run
     best_epoch: int = None
     best_loss: float = math.inf
     elapsed_before: float = 0.0   # wall seconds of earlier sessions
@@ -112,6 +114,7 @@ def prepare_out_dir(out, overwrite):
         for name in RUN_FILES:
             with contextlib.suppress(FileNotFoundError):
                 (out / name).unlink()
+        shutil.rmtree(out / tensorboard_log.SUBDIR, ignore_errors=True)
     remove_temporaries(out)
     return out
 
@@ -163,6 +166,7 @@ def new_run(args, guard):
                        f"gives {dataset.name} features outside [0, 1]; use --scaling minmax, or --likelihood gaussian")
     refuse_overwriting_inputs({f"--out {args.out}": [Path(args.out) / name for name in RUN_FILES]},
                                read_files(args, args.data))
+    check_tensorboard(bool(args.tensorboard))
     trainer = make_trainer(lambda: Trainer(config, dataset.n_features, image_shape=dataset.image_shape,
                                             unit_interval=dataset.unit_interval))
     main = is_main()
@@ -172,7 +176,7 @@ def new_run(args, guard):
         every = 1 if len(dataset) <= METRICS_EVERY_EPOCH_UP_TO else 5
     run = Run(out, dataset, trainer, data_record(dataset, args.data, scaling, args.data_dir, args.subset,
                                                  config.seed),
-               options=dict(metrics_every=every, plots=args.plots is not False))
+               options=dict(metrics_every=every, plots=args.plots is not False, tensorboard=bool(args.tensorboard)))
     if not main:
         return run
     with guard.critical():  # both or neither: a run.json without last.pt could be neither resumed nor restarted
@@ -182,6 +186,13 @@ def new_run(args, guard):
             data=run.data_info, config=dataclasses.asdict(config), options=run.options))
         write_or_fail(out / LAST, checkpoint.save, run.checkpoint())  # epoch 0: an early interruption is resumable too
     return run
+
+
+def check_tensorboard(wanted):
+    """--tensorboard without the tensorboard package: EXIT_NOT_FOUND, before anything is written."""
+    problem = tensorboard_log.require() if wanted and is_main() else None
+    if problem:
+        raise CLIError(EXIT_NOT_FOUND, problem)
 
 
 def comparable(config):
@@ -233,6 +244,9 @@ def resume_run(args, actions):
         options["plots"] = args.plots
     if args.metrics_every is not None:
         options["metrics_every"] = args.metrics_every
+    if args.tensorboard is not None:
+        options["tensorboard"] = args.tensorboard
+    check_tensorboard(options.get("tensorboard", False))
     info = ckpt.get("run", {}) if isinstance(ckpt, dict) else {}
     run = Run(out, dataset, trainer, data_info, options=options, best_epoch=info.get("best_epoch"),
                best_loss=info.get("best_loss", math.inf) if info.get("best_loss") is not None else math.inf,
@@ -283,7 +297,7 @@ def read_log(out):
     return entries
 
 
-def epoch_callback(run, guard, bars, quiet):
+def epoch_callback(run, guard, bars, quiet, board=None):
     from dhvc_ext import checkpoint
 
     trainer, dataset = run.trainer, run.dataset
@@ -325,6 +339,9 @@ def epoch_callback(run, guard, bars, quiet):
                       f"{record['phase']:<8} {format_terms(entry, loss_terms())}  "
                       f"{record['samples_per_s']:.0f} samples/s" + (f"  {scores}" if scores else "")
                       + ("  (best)" if is_best else ""), file=sys.stderr, flush=True)
+        if board is not None:  # after the epoch is safe on disk
+            with rng_preserved(trainer.device):
+                board.epoch(trainer, dataset, entry, SCORES)
         return False
 
     return callback
@@ -336,8 +353,9 @@ def loss_terms():
     return LOSS_TERMS
 
 
-def finish(run, quiet):
-    """After the last epoch: final checkpoints, labels.npy, metrics.json, plots. Returns the lines to print."""
+def finish(run, quiet, board=None):
+    """After the last epoch: final checkpoints, labels.npy, metrics.json, plots, the TensorBoard embedding
+    (``board``). Returns the lines to print."""
     import numpy as np
 
     from dhvc_ext import checkpoint
@@ -382,6 +400,9 @@ def finish(run, quiet):
     plots = []
     if run.options.get("plots", True):
         plots = write_plots(trainer, dataset, labels, out, history, read_log(out))
+    if board is not None:
+        board.embedding(trainer, trainer.encode(dataset).float().cpu().numpy(), labels, dataset.y)
+        written.append(f"{tensorboard_log.SUBDIR}/")
     lines = [f"dhvc train: {describe(dataset)}, K={cfg.n_clusters}, {trainer.epoch} epochs on {trainer.device} "
              f"in {run.elapsed():.1f} s" + (f" ({run.sessions} sessions)" if run.sessions > 1 else "")]
     if dataset.y is not None:
@@ -476,19 +497,24 @@ def run_training(run, args, guard):
     if trainer.epoch >= cfg.total_epochs and args.resume and not quiet:
         print("dhvc train: the run had finished training; writing its results again", file=sys.stderr)
     bars = ProgressBars(trainer, len(run.dataset)) if progress else None
-    callback = epoch_callback(run, guard, bars, quiet)
+    board = tensorboard_log.TensorBoardLog(run.out) if run.options.get("tensorboard") and main else None
+    callback = epoch_callback(run, guard, bars, quiet, board)
     try:
-        with bars if bars is not None else contextlib.nullcontext():
-            trainer.fit(run.dataset, callback=callback,
-                        batch_callback=None if bars is None else bars.batch_done)
-    except FloatingPointError as err:
-        raise CLIError(EXIT_DIVERGED, f"{err}. {run.out / LAST} keeps the run after epoch "
-                       f"{saved_epoch(run)}; try a smaller --lr") from None
-    if not main:
-        return EXIT_OK
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=UserWarning)  # matplotlib's layout notes on tiny figures
-        lines = finish(run, quiet)
+        try:
+            with bars if bars is not None else contextlib.nullcontext():
+                trainer.fit(run.dataset, callback=callback,
+                            batch_callback=None if bars is None else bars.batch_done)
+        except FloatingPointError as err:
+            raise CLIError(EXIT_DIVERGED, f"{err}. {run.out / LAST} keeps the run after epoch "
+                           f"{saved_epoch(run)}; try a smaller --lr") from None
+        if not main:
+            return EXIT_OK
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)  # matplotlib's layout notes on tiny figures
+            lines = finish(run, quiet, board)
+    finally:
+        if board is not None:
+            board.close()
     print("\n".join(lines), flush=True)
     return EXIT_OK
 
