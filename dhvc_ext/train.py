@@ -440,7 +440,7 @@ class Trainer:
         other.world, other.rank, other._ddp, other._ddp_phase = 1, 0, None, None
         other.scheduler, other.history = None, list(self.history)
         other.optimizer = other._make_optimizer(phase)
-        if phase == "joint" and self._targets is None and cfg.neighbors > 0 and cfg.gamma > 0:
+        if phase == "joint" and self._targets is None and cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:
             other._targets = torch.full((len(dataset), cfg.n_clusters), 1.0 / cfg.n_clusters, device=self.device)
         return other
 
@@ -768,7 +768,7 @@ class Trainer:
         phase = "joint" if self.mixture_initialized else "pretrain"
         weights = self.weights if phase == "joint" else self.pretrain_weights
         targets = None
-        if phase == "joint" and cfg.neighbors > 0 and cfg.gamma > 0:
+        if phase == "joint" and cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:  # as training has it
             saved = self.neighbor_index, self._targets
             try:  # the training's own code for both, on these rows; this trainer's state restored after
                 if neighbor_index is None:
