@@ -74,3 +74,21 @@ def test_cluster_init_is_validated():
         TrainConfig(cluster_init="umap")
     with pytest.raises(ValueError, match="manifold_runs"):
         TrainConfig(manifold_runs=0)
+
+
+def test_end_to_end_the_manifold_start_clusters_600_digits():
+    """The real consensus (umap-learn) through a short run on 600 digits: the consensus measured ACC 0.78 /
+    NMI 0.84 here and the run ended at 0.79 / 0.78; a start that merges digits, or a joint phase that loses the
+    start, falls below the bounds."""
+    pytest.importorskip("umap", reason="umap-learn is not installed (make venv installs it)")
+    from dhvc_ext.metrics import clustering_scores
+
+    data = load_dataset("digits").subset(600, seed=0)
+    config = _config(hidden=(256, 256), latent_dim=10, pretrain_epochs=20, epochs=10, mixture_fit_on="samples",
+                     mixture_n_init=2)
+    trainer = Trainer(config, data.n_features, unit_interval=data.unit_interval)
+    trainer.fit(data)
+    start = clustering_scores(data.y, trainer._start_proba.argmax(1).cpu().numpy())
+    end = clustering_scores(data.y, trainer.predict(data))
+    assert start["acc"] > 0.72 and start["nmi"] > 0.78, start
+    assert end["acc"] > 0.72 and end["nmi"] > 0.72, end
