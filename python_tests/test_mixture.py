@@ -17,8 +17,9 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
-from dhvc_ext.mixture import (ConcentrationCapWarning, SphericalKMeans, VMFMixture, VonMisesFisherMixture,
-                              _closest_centre_sums, _inverse_softplus)
+from dhvc_ext.mixture import ConcentrationCapWarning, SphericalKMeans, VMFMixture, VonMisesFisherMixture
+from dhvc_ext.mixture.estimators import _closest_centre_sums
+from dhvc_ext.mixture.vmf_mixture import _inverse_softplus
 from dhvc_ext.ops import vmf_sample
 from dhvc_ext.testing.mixture import vmf_log_normalizer_ive, vmfmm_em_numpy
 
