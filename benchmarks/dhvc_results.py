@@ -169,7 +169,9 @@ def main(argv=None):
         if field.name in ("seed", "device", "num_threads") or field.type not in (int, float, str, "int", "float", "str"):
             continue
         kind = field.type if field.default is None else type(field.default)
-        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=field.default)
+        # n_clusters defaults to the number of classes of the data (below), not to TrainConfig's 10
+        default = None if field.name == "n_clusters" else field.default
+        parser.add_argument("--" + field.name.replace("_", "-"), type=kind, default=default)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data, data_dir=args.data_dir, scaling=args.scaling)
