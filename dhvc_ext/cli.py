@@ -30,11 +30,18 @@ epoch (the unfinished epoch is dropped, so that ``--resume`` repeats it exactly)
 already written is touched.
 """
 import argparse
+import importlib.util
 import json
+import subprocess
 import sys
+import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 
+import numpy as np
+
+from dhvc_ext import checkpoint
 from dhvc_ext.console import SCORES, describe, format_terms, one_line_warning
 from dhvc_ext.exit_codes import (EXIT_CODES, EXIT_DIVERGED, EXIT_EXISTS, EXIT_FORMAT, EXIT_INTERNAL,
                                  EXIT_MISMATCH, EXIT_NONFINITE, EXIT_NOT_FOUND, EXIT_NOT_WRITABLE, EXIT_OK,
@@ -202,10 +209,6 @@ def _objective(trainer, dataset, training_rows):
 
 
 def cmd_evaluate(args, actions):
-    import numpy as np
-
-    from dhvc_ext import checkpoint
-
     if args.checkpoint is None:
         raise CLIError(EXIT_USAGE, "--checkpoint FILE is required")
     trainer, dataset, source, path, training_rows = evaluation_trainer(args)
@@ -253,10 +256,6 @@ def cmd_evaluate(args, actions):
 
 
 def cmd_predict(args, actions):
-    import numpy as np
-
-    from dhvc_ext import checkpoint
-
     for flag, value in (("--checkpoint FILE", args.checkpoint), ("--output FILE", args.output)):
         if value is None:
             raise CLIError(EXIT_USAGE, f"{flag} is required")
@@ -286,10 +285,6 @@ BENCH_FILES = dict(bessel="test_bench_bessel.py", vmf="test_bench_vmf.py", vmfmm
 
 
 def cmd_bench(args, actions):
-    import importlib.util
-    import subprocess
-    import tempfile
-
     package = Path(__file__).resolve().parent
     bench_dir = Path(args.benchmarks_dir) if args.benchmarks_dir else package.parent / "benchmarks"
     files = [bench_dir / BENCH_FILES[name] for name in (args.only or BENCH_FILES)]
@@ -330,8 +325,6 @@ COMMANDS = dict(train=train_command, evaluate=cmd_evaluate, predict=cmd_predict,
 
 def main(argv=None):
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    import warnings
-
     try:
         parser, actions = _build_parser()
         argv = list(sys.argv[1:] if argv is None else argv)

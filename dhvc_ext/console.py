@@ -3,6 +3,8 @@ descriptions and warnings on one line.
 """
 import sys
 
+import torch
+
 
 SCORES = ("acc", "nmi", "ari")
 
@@ -67,8 +69,6 @@ class ProgressBars:
 
 
 def threads_text():
-    import torch
-
     n = torch.get_num_threads()
     return f"{n} thread{'s' if n != 1 else ''}"
 

@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 from dhvc_ext.exit_codes import EXIT_FORMAT, EXIT_NOT_FOUND, EXIT_USAGE, CLIError
 
 
@@ -138,8 +140,6 @@ def check_arguments(args, actions):
 
 def check_device(device):
     """--device: auto, cpu, cuda or cuda:N, usable on this machine (else EXIT_USAGE)."""
-    import torch
-
     from dhvc_ext.train import resolve_device
 
     if device == "auto":

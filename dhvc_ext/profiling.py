@@ -1,6 +1,8 @@
 """``dhvc train --profile``: a few training steps of each phase under torch.profiler, on replicas of the
 trainer (``Trainer.replica``), so that the run itself is untouched.
 """
+import torch
+
 from dhvc_ext.exit_codes import EXIT_NOT_WRITABLE, CLIError
 from dhvc_ext.run_files import PROFILE_TRACE, PROFILE_TXT, rng_preserved, write_or_fail, write_text
 
@@ -9,7 +11,6 @@ def write_profile(trainer, dataset, out, steps):
     """Profile ``steps`` training steps of each phase (``Trainer.step``, the training's own, on a replica of
     the trainer per phase: the run itself is untouched, torch's random state restored); write the table and
     a Chrome trace; return the share of time in dhvc_ext ops."""
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = trainer.device.type == "cuda"

@@ -5,9 +5,18 @@ an input.
 import contextlib
 import dataclasses
 import os
+import pickle
+import platform
 import re
+import struct
+import zipfile
 from pathlib import Path
 
+import numpy as np
+import torch
+
+import dhvc_ext
+from dhvc_ext import checkpoint, distributed, ops
 from dhvc_ext.exit_codes import (EXIT_FORMAT, EXIT_MISMATCH, EXIT_NONFINITE, EXIT_NOT_FOUND, EXIT_NOT_WRITABLE,
                                  EXIT_SHAPE, EXIT_UNSAFE, EXIT_USAGE, CLIError)
 from dhvc_ext.options import SEED_LIMIT
@@ -41,10 +50,6 @@ def data_error(err, who):
 
 def load_data(source, scaling, data_dir=None, subset=None, seed=0):
     """``load_dataset`` with its errors turned into ``CLIError``s, and an optional random subset."""
-    import pickle
-    import struct
-    import zipfile
-
     from dhvc_ext.data import load_dataset
 
     who = f"--data {source}"
@@ -66,8 +71,6 @@ def load_data(source, scaling, data_dir=None, subset=None, seed=0):
 @contextlib.contextmanager
 def rng_preserved(device):
     """Evaluate without moving torch's random state (a resumed run must see the generator as it was)."""
-    import torch
-
     state = torch.get_rng_state()
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     try:
@@ -132,26 +135,15 @@ def refuse_overwriting_inputs(outputs, inputs):
 
 
 def versions():
-    import platform
-
-    import numpy as np
-    import torch
-
-    import dhvc_ext
-
     return {"dhvc_ext": dhvc_ext.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
 
 
 def cuda_kernels(device):
-    from dhvc_ext import ops
-
     return {"built": bool(ops.cuda_available()), "used": device.type == "cuda" and bool(ops.cuda_available())}
 
 
 def set_threads(threads):
-    import torch
-
     if threads is not None:
         if threads < 1:
             raise CLIError(EXIT_USAGE, f"--threads {threads}: expected an integer >= 1")
@@ -180,8 +172,6 @@ def make_trainer(build, checkpoint=None):
 
 def load_checkpoint(path):
     """(checkpoint dict, trainer state, file path); a run directory means its last.pt."""
-    from dhvc_ext import checkpoint
-
     path = Path(path)
     if path.is_dir():
         path = path / LAST
@@ -232,31 +222,22 @@ def data_record(dataset, source, scaling, data_dir, subset, seed):
 
 def scaling_tensors(dataset):
     """The dataset's affine scaling as tensors (a checkpoint holds only what weights_only loading accepts)."""
-    import numpy as np
-    import torch
-
     return dict(offset=torch.from_numpy(np.array(dataset.offset, dtype=np.float32)),
                 scale=torch.from_numpy(np.array(dataset.scale, dtype=np.float32)),
                 unit_interval=bool(dataset.unit_interval))
 
 
 def write_text(path, text):
-    from dhvc_ext.checkpoint import atomic_write
-
-    return atomic_write(path, lambda f: f.write(text.encode()))
+    return checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def is_main():
-    from dhvc_ext import distributed
-
     return distributed.is_main()
 
 
 def checkpoint_data(args, ckpt, state):
     """The data set to evaluate or predict on, scaled as ``--scaling`` says, with the checkpoint's shape; its
     source; and whether its rows are the training rows, in their order (the run's data and subset)."""
-    import numpy as np
-
     info = ckpt.get("data", {}) if isinstance(ckpt, dict) and "trainer" in ckpt else {}
     same = args.data is None
     source = args.data or info.get("source")
@@ -286,8 +267,6 @@ def checkpoint_data(args, ckpt, state):
 
 
 def evaluation_trainer(args):
-    import torch
-
     ckpt, state, path = load_checkpoint(args.checkpoint)
     set_threads(args.threads)
     dataset, source, training_rows = checkpoint_data(args, ckpt, state)

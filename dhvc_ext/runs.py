@@ -11,9 +11,13 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from dhvc_ext import tensorboard_log
+import numpy as np
+import torch
+
+from dhvc_ext import checkpoint, distributed, ops, tensorboard_log
 from dhvc_ext.console import SCORES, ProgressBars, describe, format_terms, threads_text
 from dhvc_ext.exit_codes import (EXIT_DIVERGED, EXIT_EXISTS, EXIT_FORMAT, EXIT_MISMATCH, EXIT_NOT_FOUND,
                                  EXIT_NOT_WRITABLE, EXIT_OK, EXIT_TOO_FEW, EXIT_USAGE, CLIError, Interrupted)
@@ -88,8 +92,6 @@ class Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def checkpoint(self):
-        from dhvc_ext import checkpoint
-
         return checkpoint.make(self.trainer, data={**self.data_info, **scaling_tensors(self.dataset)},
                                run=dict(best_epoch=self.best_epoch, best_loss=self.best_loss,
                                         elapsed_s=self.elapsed(), sessions=self.sessions))
@@ -121,8 +123,6 @@ def prepare_out_dir(out, overwrite):
 
 def remove_temporaries(out):
     """What writes cut short by SIGKILL left in a run directory (``checkpoint.remove_temporaries``)."""
-    from dhvc_ext import checkpoint
-
     try:
         checkpoint.remove_temporaries(out, RUN_FILES)
     except OSError as err:
@@ -131,9 +131,6 @@ def remove_temporaries(out):
 
 
 def new_run(args, guard):
-    import torch
-
-    from dhvc_ext import checkpoint
     from dhvc_ext.train import TrainConfig, Trainer
 
     missing = [flag for flag, value in (("--data", args.data), ("--clusters", args.clusters), ("--out", args.out))
@@ -197,14 +194,10 @@ def check_tensorboard(wanted):
 
 def comparable(config):
     """A configuration without the runtime keys that a resumed run may change."""
-    from dhvc_ext.checkpoint import json_safe
-
-    return {k: v for k, v in json_safe(dict(config)).items() if k not in ("device", "num_threads")}
+    return {k: v for k, v in checkpoint.json_safe(dict(config)).items() if k not in ("device", "num_threads")}
 
 
 def resume_run(args, actions):
-    from dhvc_ext import checkpoint
-
     given = sorted(k for k in actions if getattr(args, k) not in (None, False) and k not in RESUME_OVERRIDES)
     if given:
         raise CLIError(EXIT_USAGE, f"--resume continues the saved run with its own data and configuration; "
@@ -267,8 +260,6 @@ def check_best(run):
     last.pt and best.pt, or a hand, may have left it missing, damaged or older: when the best epoch is
     last.pt's own (as it is after such a failed write), best.pt is copied from last.pt again; otherwise the
     best model is lost, and the run stops with the code of the problem."""
-    from dhvc_ext import checkpoint
-
     if run.best_epoch is None:  # no joint epoch yet: no best.pt to expect
         return
     best = run.out / BEST
@@ -298,8 +289,6 @@ def read_log(out):
 
 
 def epoch_callback(run, guard, bars, quiet, board=None):
-    from dhvc_ext import checkpoint
-
     trainer, dataset = run.trainer, run.dataset
     cfg = trainer.config
     every = run.options["metrics_every"]
@@ -356,10 +345,6 @@ def loss_terms():
 def finish(run, quiet, board=None):
     """After the last epoch: final checkpoints, labels.npy, metrics.json, plots, the TensorBoard embedding
     (``board``). Returns the lines to print."""
-    import numpy as np
-
-    from dhvc_ext import checkpoint
-
     trainer, dataset, out = run.trainer, run.dataset, run.out
     cfg = trainer.config
     # fit() fits the mixture after the last epoch when there is no joint phase: save that state; with no joint
@@ -438,9 +423,6 @@ def join_process_group(args):
     """Under torchrun (WORLD_SIZE > 1), join the process group: NCCL when the run trains on GPUs, else gloo."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
         return
-    import torch
-
-    from dhvc_ext import distributed, ops
 
     device = args.device or "auto"
     if device == "auto":
@@ -460,7 +442,6 @@ def train_command(args, actions):
             code = run_training(run, args, guard)
         except Interrupted as sig:
             return report_interruption(sig, run, args)
-    from dhvc_ext import distributed
 
     several = distributed.world_size() > 1
     if run is not None:
@@ -478,8 +459,6 @@ def train_command(args, actions):
 
 
 def run_training(run, args, guard):
-    import warnings
-
     trainer, cfg = run.trainer, run.trainer.config
     main = is_main()
     quiet = bool(args.quiet) or not main  # under torchrun rank 0 alone reports

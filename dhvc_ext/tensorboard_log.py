@@ -12,6 +12,7 @@ extra); ``require()`` says so with the command to run. Only the run module calls
 checkpoint is written: the Trainer knows nothing of it, and nothing it does moves torch's random state.
 """
 import numpy as np
+import torch
 
 #: Rows whose posterior concentration is logged each epoch, and rows shown in the embedding projector.
 HISTOGRAM_ROWS, EMBEDDING_ROWS = 4096, 10000
@@ -59,8 +60,6 @@ class TensorBoardLog:
 
     @staticmethod
     def _posterior_kappa(trainer, dataset):
-        import torch
-
         rows = dataset.features(slice(0, min(len(dataset), HISTOGRAM_ROWS)))
         model, kappas = trainer.model, []
         was_training = model.training
