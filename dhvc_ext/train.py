@@ -78,6 +78,9 @@ class TrainConfig:
     Objective: beta, alpha, eta, lam, kl_direction, gamma (``dhvc_ext.models.LossWeights``); neighbors: k of
     the neighbour term (0: off, the objective of METHOD.md alone) and neighbor_space, where neighbours are
     found: "input" (the scaled data rows) or "latent" (the pretrained encoder's means).
+    Start of the joint phase: cluster_init "mixture" (the vMF mixture fitted to the encoded data) or
+    "manifold" (our addition: a consensus of manifold_runs UMAP + GMM clusterings of the input rows, see
+    ``Trainer._manifold_start``; needs umap-learn).
     Schedule: see the module docstring. Predictions: predict_with "head" (argmax q(c|x)) or "mixture"
     (argmax p(c|mu_x)). Runtime: seed, device ("auto", "cpu", "cuda", "cuda:1", ...), bf16 (autocast on
     CUDA only), num_threads (torch CPU threads; None leaves torch's setting).
