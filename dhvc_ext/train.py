@@ -516,7 +516,9 @@ class Trainer:
         n_k, s_k = r.sum(0), r.T @ zz
         if self.world > 1:
             dist.all_reduce_sum([n_k, s_k])
-        mixture.m_step(zz, n_k, s_k, n=len(dataset))
+        if mixture.m_step(zz, n_k, s_k, n=len(dataset)) and self.world > 1:
+            # a near-empty component was re-seeded at one of this rank's rows: take rank 0's choice, as em_step does
+            dist.broadcast_([mixture.mu_raw, mixture.kappa_raw, mixture.logits])
         return proba.float()
 
     @torch.no_grad()
