@@ -73,5 +73,25 @@ def threads_text():
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
+def cpu_has_native_bf16():
+    """Whether this CPU computes bfloat16 natively (the avx512_bf16 or amx_bf16 flags of /proc/cpuinfo; False
+    where that file is absent)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def precision_text(trainer):
+    """How the networks compute, for the start of a run: bf16 autocast or float32, and on the CPU whether it
+    has native bf16 (where --bf16 pays: see the README's Scaling section)."""
+    text = "bf16 autocast" if trainer.config.bf16 else "float32"
+    if trainer.device.type == "cpu":
+        text += f"; this CPU {'has' if cpu_has_native_bf16() else 'has no'} native bf16"
+    return text
+
+
 def one_line_warning(message, category, filename, lineno, line=None):
     return f"dhvc: warning: {category.__name__}: {' '.join(str(message).split())}\n"

@@ -87,9 +87,10 @@ class DHVC(ClusterMixin, TransformerMixin, BaseEstimator):
         """Train on X (n_samples, n_features); y is ignored. Returns self."""
         config = self._config()
         data = self._dataset(X, fitted=False)
-        if config.n_clusters > len(data):
-            raise ValueError(f"{type(self).__name__}: n_clusters = {config.n_clusters} is larger than "
-                             f"n_samples = {len(data)}")
+        try:
+            config.check_rows(len(data))
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
         image_shape = None
         if config.arch == "conv":
             side = int(round(np.sqrt(data.n_features)))

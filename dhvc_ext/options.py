@@ -81,7 +81,7 @@ TRAIN_FIELDS = {
     "seed": ("--seed", dict(type=int, metavar="N"),
              "random seed (network, sampler, batch order, mixture start and --subset)"),
     "device": ("--device", dict(metavar="DEV"), "auto, cpu, cuda or cuda:N (auto: CUDA when usable)"),
-    "bf16": ("--bf16", dict(action=argparse.BooleanOptionalAction), "bfloat16 autocast (CUDA only)"),
+    "bf16": ("--bf16", dict(action=argparse.BooleanOptionalAction), "bfloat16 autocast of the networks (CPU and CUDA)"),
     "num_threads": ("--threads", dict(type=int, metavar="N"),
                     "torch CPU threads (default: torch's; recorded, so a resumed run uses the same count and "
                     "repeats the run bit for bit)"),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dhvc_ext import checkpoint, distributed, ops, tensorboard_log
-from dhvc_ext.console import SCORES, ProgressBars, describe, format_terms, threads_text
+from dhvc_ext.console import SCORES, ProgressBars, describe, format_terms, precision_text, threads_text
 from dhvc_ext.exit_codes import (EXIT_DIVERGED, EXIT_EXISTS, EXIT_FORMAT, EXIT_MISMATCH, EXIT_NOT_FOUND,
                                  EXIT_NOT_WRITABLE, EXIT_OK, EXIT_TOO_FEW, EXIT_USAGE, CLIError, Interrupted)
 from dhvc_ext.options import RESUME_OVERRIDES, train_fields
@@ -155,9 +155,11 @@ def new_run(args, guard):
             raise CLIError(EXIT_USAGE, f"--{name.replace('_', '-')} {value}: expected an integer >= "
                            f"{0 if name == 'metrics_every' else 1}")
     dataset = load_data(args.data, scaling, args.data_dir, args.subset, config.seed)
-    if config.n_clusters > len(dataset):
+    try:
+        config.check_rows(len(dataset))
+    except ValueError:
         raise CLIError(EXIT_TOO_FEW, f"--clusters {config.n_clusters} is more than the {len(dataset)} samples of "
-                       f"{dataset.name}; expected K <= n")
+                       f"{dataset.name}; expected K <= n") from None
     if config.likelihood == "bernoulli" and not dataset.unit_interval:
         raise CLIError(EXIT_USAGE, f"--likelihood bernoulli models features in [0, 1], but --scaling {scaling} "
                        f"gives {dataset.name} features outside [0, 1]; use --scaling minmax, or --likelihood gaussian")
@@ -468,7 +470,7 @@ def run_training(run, args, guard):
         state = (f"resuming after epoch {trainer.epoch} of {cfg.total_epochs}" if args.resume
                  else f"{cfg.pretrain_epochs} pretraining + {cfg.epochs} joint epochs")
         print(f"dhvc train: {describe(run.dataset)}, K={cfg.n_clusters}, {state}, on {trainer.device} "
-              f"({threads_text()}); writing to {run.out}", file=sys.stderr, flush=True)
+              f"({threads_text()}, {precision_text(trainer)}); writing to {run.out}", file=sys.stderr, flush=True)
     if getattr(args, "profile", False) and main:
         share, ours, header = write_profile(trainer, run.dataset, run.out, args.profile_steps or 10)
         print("\n".join(header) + f"\n  table: {run.out / PROFILE_TXT}, Chrome trace: {run.out / PROFILE_TRACE}",

@@ -51,117 +51,18 @@ import torch
 import torch.nn.functional as F
 
 from dhvc_ext import distributed as dist
-from dhvc_ext import ops
-from dhvc_ext.mixture import ConcentrationCapWarning, VonMisesFisherMixture
-from dhvc_ext.models import LOSS_TERMS, DHVCNet, LossWeights, dhvc_loss
+from dhvc_ext import cluster_start, ops
+from dhvc_ext.batches import TargetBatches, row_loader
+from dhvc_ext.mixture import ConcentrationCapWarning
+from dhvc_ext.models import LOSS_TERMS, DHVCNet, dhvc_loss
 from dhvc_ext.neighbors import knn_indices, neighbor_targets
+from dhvc_ext.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "resolve_device"]
 
-#: Rows per forward pass when encoding a whole data set (no gradient).
-ENCODE_BATCH = 4096
-#: Above this many encoded rows the mixture's initial fit streams them in chunks of MIXTURE_CHUNK rows
-#: (k-means++ on a 65536-row sample, no N x K matrix; see VonMisesFisherMixture.fit); at or below it, the
-#: in-memory fit of every result so far. With several processes the fit always streams its blocks.
-STREAM_MIXTURE_ABOVE, MIXTURE_CHUNK = 1 << 20, 65536
 #: Above this many rows on the CPU, ``fit`` warns of the cost of the neighbour term's exact neighbour search
 #: (Fashion-MNIST's 70000 x 784: about 150 s on one thread).
 NEIGHBORS_WARN_ROWS = 200_000
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a DHVC run; the defaults are the ones the results in the README use.
-
-    Model: n_clusters, latent_dim (d of S^{d-1}), hidden, arch ("mlp" or "conv"), likelihood ("auto":
-    Bernoulli when the data lie in [0, 1], else Gaussian), kappa_min, head ("separate" or "mixture").
-    Objective: beta, alpha, eta, lam, kl_direction, gamma (``dhvc_ext.models.LossWeights``); neighbors: k of
-    the neighbour term (0: off, the objective of METHOD.md alone) and neighbor_space, where neighbours are
-    found: "input" (the scaled data rows) or "latent" (the pretrained encoder's means).
-    Start of the joint phase: cluster_init "mixture" (the vMF mixture fitted to the encoded data) or
-    "manifold" (our addition: a consensus of manifold_runs UMAP + GMM clusterings of the input rows, see
-    ``Trainer._manifold_start``; needs umap-learn).
-    Schedule: see the module docstring. Predictions: predict_with "head" (argmax q(c|x)) or "mixture"
-    (argmax p(c|mu_x)). Runtime: seed, device ("auto", "cpu", "cuda", "cuda:1", ...), bf16 (autocast on
-    CUDA only), num_threads (torch CPU threads; None leaves torch's setting).
-    """
-
-    n_clusters: int = 10
-    latent_dim: int = 10
-    hidden: tuple = (500, 500, 2000)
-    arch: str = "mlp"
-    likelihood: str = "auto"
-    kappa_min: float = 1.0
-    kappa_max: float = 1e3
-    head: str = "separate"
-    beta: float = 1.0
-    alpha: float = 1.0
-    eta: float = 1.0
-    lam: float = 4.0
-    kl_direction: str = "forward"
-    gamma: float = 32.0
-    neighbors: int = 10
-    neighbor_space: str = "input"
-    pretrain_epochs: int = 50
-    pretrain_beta: float = 0.0
-    epochs: int = 50
-    batch_size: int = None
-    pretrain_lr: float = 1e-3
-    lr: float = 1e-3
-    lr_decay: float = 0.9
-    lr_step: int = 10
-    grad_clip: float = 10.0
-    mixture_update: str = "em"
-    em_every: int = 1
-    em_iters: int = 5
-    mixture_lr_scale: float = 0.1
-    mixture_fit_on: str = "samples"
-    mixture_n_init: int = 5
-    head_init: str = "mixture"
-    cluster_init: str = "mixture"
-    manifold_runs: int = 6
-    predict_with: str = "head"
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    num_threads: int = None
-
-    def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
-        for name, low in (("n_clusters", 2), ("latent_dim", 2), ("pretrain_epochs", 0), ("epochs", 0),
-                          ("lr_step", 1), ("em_every", 1), ("em_iters", 1),
-                          ("mixture_n_init", 1), ("seed", 0), ("neighbors", 0),
-                          ("manifold_runs", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"TrainConfig: {name} must be an int >= {low}, got {value!r}")
-        if not (isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0):
-            raise ValueError(f"TrainConfig: grad_clip must be a number >= 0 (0: no clipping), got {self.grad_clip!r}")
-        for name in ("pretrain_lr", "lr", "lr_decay", "mixture_lr_scale"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"TrainConfig: {name} must be a finite number > 0, got {value!r}")
-        choices = dict(likelihood=("auto", "bernoulli", "gaussian"), mixture_update=("em", "gradient"),
-                       predict_with=("head", "mixture"), mixture_fit_on=("samples", "means"),
-                       head_init=("mixture", "random"), neighbor_space=("input", "latent"),
-                       cluster_init=("mixture", "manifold"))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                            or self.batch_size < 1):
-            raise ValueError(f"TrainConfig: batch_size must be None (automatic) or an int >= 1, got {self.batch_size!r}")
-        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
-            raise ValueError(f"TrainConfig: num_threads must be None or an int >= 1, got {self.num_threads!r}")
-        self.loss_weights()  # validates beta, alpha, eta, lam, kl_direction
-
-    def loss_weights(self):
-        return LossWeights(beta=self.beta, alpha=self.alpha, eta=self.eta, lam=self.lam,
-                           kl_direction=self.kl_direction, gamma=self.gamma)
-
-    @property
-    def total_epochs(self):
-        return self.pretrain_epochs + self.epochs
 
 
 def resolve_device(device):
@@ -180,46 +81,6 @@ def resolve_device(device):
                            + ("torch sees no GPU" if not torch.cuda.is_available()
                               else "dhvc_ext was built without CUDA kernels (rebuild with FORCE_CUDA=1)"))
     return device
-
-
-def _identity(batch):
-    """collate_fn for datasets whose ``__getitems__`` already returns the batch as one tensor."""
-    return batch
-
-
-class _IndexedRows(torch.utils.data.Dataset):
-    """A ``TorchFeatures`` whose batches also carry their row numbers: (rows (B, D), indices (B,) int64)."""
-
-    def __init__(self, rows):
-        self.rows = rows
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i], i
-
-    def __getitems__(self, indices):
-        return self.rows.__getitems__(indices), torch.as_tensor(np.asarray(indices, dtype=np.int64))
-
-
-class _TargetBatches:
-    """A loader's batches as (rows, their neighbour targets): from batches (rows, row numbers) with targets
-    (N, K), else from batches of rows with None."""
-
-    def __init__(self, loader, targets):
-        self.loader, self.targets = loader, targets
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            if self.targets is None:
-                yield batch, None
-            else:
-                x, rows = batch
-                yield x, self.targets[rows.to(self.targets.device)]
 
 
 class _Objective(torch.nn.Module):
@@ -309,28 +170,11 @@ class Trainer:
         return max(1, min(size, n))
 
     def _loader(self, dataset, shuffle, sharded=False, with_index=False):
-        """Batches of ``dataset``: shuffled per epoch (seeded by seed and epoch) for training, in order for
-        encoding. ``sharded`` (with several processes): this rank's share, see ``dhvc_ext.distributed``; the
-        batch size is then the global one. ``with_index``: batches are (rows, their row numbers (B,) int64);
-        the order is the same."""
-        seed = self.config.seed * 100003 + self.epoch
-        n = len(dataset)
-        size = self.batch_size(n)
-        common = dict(collate_fn=_identity, pin_memory=self.device.type == "cuda")
-        rows = dataset.torch_dataset()
-        if with_index:
-            rows = _IndexedRows(rows)
-        if sharded and self.world > 1:
-            if shuffle:
-                sampler = dist.DistributedBatchSampler(n, size, shuffle=True, seed=seed, drop_last=n > size)
-            else:
-                start, stop = dist.shard_range(n, self.rank, self.world)
-                sampler = torch.utils.data.BatchSampler(range(start, stop), size, drop_last=False)
-            return torch.utils.data.DataLoader(rows, batch_sampler=sampler, **common)
-        gen = torch.Generator().manual_seed(seed)
-        return torch.utils.data.DataLoader(
-            rows, batch_size=size, shuffle=shuffle, generator=gen,
-            drop_last=shuffle and n > size, **common)
+        """Batches of ``dataset`` (``dhvc_ext.batches.row_loader``): shuffled by seed and epoch for training, in
+        order for encoding; ``sharded``: this rank's share of each global batch."""
+        return row_loader(dataset, self.batch_size(len(dataset)), shuffle=shuffle,
+                          seed=self.config.seed * 100003 + self.epoch, world=self.world, rank=self.rank,
+                          sharded=sharded, with_index=with_index, pin_memory=self.device.type == "cuda")
 
     def _objective(self, phase):
         """What a training step calls: the loss function, or with several processes the DDP-wrapped objective
@@ -349,8 +193,10 @@ class Trainer:
         return self._ddp
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=self.config.bf16 and self.device.type == "cuda")
+        """bfloat16 autocast of the networks' layers when ``bf16`` (CPU or CUDA). The network's outputs are
+        cast back to float32 (``DHVCNet``), so the vMF sampler, the KLs, the mixture posterior and the
+        log-sum-exps of the objective run in float32, and the mixture's EM in float64."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     def _run_epoch(self, dataset, phase, progress, batch_callback=None):
         cfg = self.config
@@ -388,7 +234,7 @@ class Trainer:
         rank's share of each global batch, shuffled by seed and epoch. ``targets`` are the rows' neighbour
         targets in the joint phase once ``update_targets`` has computed them."""
         targets = self._targets if phase == "joint" else None
-        return _TargetBatches(self._loader(dataset, shuffle=True, sharded=True, with_index=targets is not None),
+        return TargetBatches(self._loader(dataset, shuffle=True, sharded=True, with_index=targets is not None),
                               targets)
 
     def step(self, x, phase, targets=None, *, global_rows=None):
@@ -468,58 +314,20 @@ class Trainer:
 
     @torch.no_grad()
     def init_mixture(self, dataset):
-        """Fit the vMF mixture to the encoded data (several restarts) and start the head as p(c|mu_x).
-        With several processes each rank encodes its block and the fit all-reduces the EM statistics
-        (``VonMisesFisherMixture.fit(distributed=True)``): every rank gets the same mixture, the one fitted
-        to all the blocks. Large data (more than ``STREAM_MIXTURE_ABOVE`` rows) are fitted as a stream."""
-        cfg, mixture, sharded = self.config, self.model.mixture, self.world > 1
-        mu = self.encode(dataset, sample=self.config.mixture_fit_on == 'samples', sharded=sharded)
-        vmfmm = VonMisesFisherMixture(cfg.n_clusters, n_init=cfg.mixture_n_init, max_iter=200, tol=1e-6,
-                                      kappa_max=cfg.kappa_max, random_state=cfg.seed, device=self.device,
-                                      dtype=torch.float64)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=Warning)  # ConvergenceWarning after max_iter is fine here
-            if sharded or mu.shape[0] > STREAM_MIXTURE_ABOVE:
-                # float64 chunk by chunk: neither a float64 copy of all the codes nor N x K matrices
-                vmfmm.fit(list(mu.split(MIXTURE_CHUNK)), distributed=sharded)
-            else:
-                vmfmm.fit(mu.double())
-        fitted = vmfmm.mixture_
-        mixture.set_parameters(fitted.mu, fitted.kappa, fitted.log_pi)
-        loglik = vmfmm.lower_bound_
+        """Start the joint phase (``dhvc_ext.cluster_start``): fit the vMF mixture to the encoded data, or with
+        cluster_init="manifold" set it from the manifold consensus P0; start the head as p(c|mu_x); find the
+        neighbours of the neighbour term. Returns the fitted mixture's mean log-likelihood."""
+        cfg = self.config
+        loglik, z = cluster_start.fit_mixture(self, dataset)
         self._start_proba = None
         if cfg.cluster_init == "manifold":
-            self._start_proba = self._manifold_start(dataset, mu)
+            self._start_proba = cluster_start.manifold_start(self, dataset, z)
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_init == "mixture":
-            self._init_head_from_mixture()
+            cluster_start.head_from_mixture(self.model)
         if cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:
             self.find_neighbors(dataset)
         return loglik
-
-    @torch.no_grad()
-    def _manifold_start(self, dataset, z):
-        """``cluster_init="manifold"`` (our addition): the consensus P0 (N, K) of ``manifold_runs`` UMAP + GMM
-        clusterings of the scaled input rows (``dhvc_ext.manifold.manifold_posteriors``; no label), from which
-        one M-step on the encoded rows z (this rank's block, (n, d)) sets the mixture: N_k = sum_i P0_ik,
-        S_k = sum_i P0_ik z_i. The head then starts from this mixture, and the first joint epoch's neighbour
-        targets are built from P0 instead of the network's q(c|x). Returns P0 on the device (float32).
-        Every rank computes the same P0 from all the rows (UMAP is deterministic for a seed)."""
-        from dhvc_ext.manifold import manifold_posteriors
-
-        cfg, mixture = self.config, self.model.mixture
-        x = torch.cat([rows for rows in self._loader(dataset, shuffle=False)]).numpy()
-        proba = manifold_posteriors(x, cfg.n_clusters, runs=cfg.manifold_runs, seed=cfg.seed)
-        proba = torch.as_tensor(proba, dtype=torch.float64, device=self.device)
-        start, stop = dist.shard_range(len(dataset), self.rank, self.world)
-        r, zz = proba[start:stop], z.to(torch.float64)
-        n_k, s_k = r.sum(0), r.T @ zz
-        if self.world > 1:
-            dist.all_reduce_sum([n_k, s_k])
-        if mixture.m_step(zz, n_k, s_k, n=len(dataset)) and self.world > 1:
-            # a near-empty component was re-seeded at one of this rank's rows: take rank 0's choice, as em_step does
-            dist.broadcast_([mixture.mu_raw, mixture.kappa_raw, mixture.logits])
-        return proba.float()
 
     @torch.no_grad()
     def find_neighbors(self, dataset):
@@ -561,14 +369,6 @@ class Trainer:
         self._targets = neighbor_targets(q, self.neighbor_index.to(q.device))
         return self._targets
 
-    def _init_head_from_mixture(self):
-        """Set the head so that q(c|x) = p(c|mu_x): log p(c|mu) = kappa_c mu_c^T mu + log pi_c + log C_d(kappa_c)
-        - log Z(mu), a linear softmax in mu. The same on every rank (the mixture is)."""
-        head = self.model.head
-        weight, bias = self.model.mixture.score_arguments(torch.float64)
-        head.weight.copy_(weight.to(head.weight.dtype))
-        head.bias.copy_(bias.to(head.bias.dtype))
-
     @torch.no_grad()
     def refresh_mixture(self, dataset):
         """``em_iters`` EM steps of the model's mixture on the encoded data; returns the last mean loglik.
@@ -596,9 +396,7 @@ class Trainer:
         shows tqdm bars. Returns ``self.history``.
         """
         cfg = self.config
-        if cfg.n_clusters > len(dataset):
-            raise ValueError(f"DHVC: n_clusters = {cfg.n_clusters} is larger than the number of samples "
-                             f"{len(dataset)}")
+        cfg.check_rows(len(dataset))
         if (cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0 and self.neighbor_index is None
                 and self.device.type == "cpu" and len(dataset) > NEIGHBORS_WARN_ROWS):
             n, dim = len(dataset), self.n_features if cfg.neighbor_space == "input" else cfg.latent_dim
@@ -788,7 +586,7 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            for x, t in _TargetBatches(self._loader(dataset, shuffle=False, with_index=targets is not None), targets):
+            for x, t in TargetBatches(self._loader(dataset, shuffle=False, with_index=targets is not None), targets):
                 terms = dhvc_loss(self.model, x.to(self.device), weights, phase=phase, targets=t)
                 for k in LOSS_TERMS:
                     sums[k] += float(terms[k]) * x.shape[0]

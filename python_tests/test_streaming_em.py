@@ -120,7 +120,7 @@ def test_stream_input_errors(tmp_path):
 def test_dhvc_initialisation_streams_large_encodings(monkeypatch):
     # The trainer fits the mixture to the encoded data as a stream above STREAM_MIXTURE_ABOVE rows; lowered
     # here to 100, 400 codes go in chunks of 64, and (being under init_size) give the in-memory fit.
-    from dhvc_ext import train
+    from dhvc_ext import cluster_start, train
     from dhvc_ext.data import load_dataset
 
     data = load_dataset("digits").subset(400, seed=0)
@@ -128,8 +128,8 @@ def test_dhvc_initialisation_streams_large_encodings(monkeypatch):
                                batch_size=50, mixture_n_init=2, head_init="random", num_threads=1, seed=1)
     in_memory = train.Trainer(config, data.n_features)
     in_memory.fit(data)
-    monkeypatch.setattr(train, "STREAM_MIXTURE_ABOVE", 100)
-    monkeypatch.setattr(train, "MIXTURE_CHUNK", 64)
+    monkeypatch.setattr(cluster_start, "STREAM_MIXTURE_ABOVE", 100)
+    monkeypatch.setattr(cluster_start, "MIXTURE_CHUNK", 64)
     calls = []
     original = VonMisesFisherMixture.fit
     monkeypatch.setattr(VonMisesFisherMixture, "fit",

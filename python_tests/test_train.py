@@ -117,7 +117,7 @@ def test_epochs_zero_is_autoencoder_plus_mixture(digits):
                                     dict(mixture_update="sgd"), dict(beta=-0.1), dict(num_threads=0),
                                     dict(grad_clip=-1.0), dict(mixture_fit_on="both"), dict(head_init="fit"),
                                     dict(neighbors=-1), dict(neighbors=2.0), dict(gamma=-1.0),
-                                    dict(neighbor_space="output")])
+                                    dict(neighbor_space="output"), dict(seed=-1), dict(seed=2 ** 32)])
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
         TrainConfig(**kwargs)
@@ -340,3 +340,43 @@ def test_large_data_on_cpu_warns_of_the_neighbour_search_cost(monkeypatch, digit
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*nearest-neighbour")
         Trainer(TrainConfig(**{**config.__dict__, "neighbors": 0}), digits.n_features).fit(digits)
+
+
+def test_bf16_on_the_cpu_runs_the_networks_narrow_and_the_vmf_and_mixture_terms_in_float32(digits, monkeypatch):
+    # TrainConfig.bf16 on the CPU: the encoder's and decoder's layers under a bfloat16 autocast (their raw
+    # outputs are bfloat16), while what the vMF sampler, the KLs, the head and the mixture posterior take and
+    # give is float32; the loss stays finite and training moves the parameters.
+    from dhvc_ext.models import dhvc as dhvc_module
+
+    config = TrainConfig(n_clusters=10, bf16=True, device="cpu", neighbors=5,
+                         **{**SMALL, "pretrain_epochs": 1, "epochs": 1})
+    trainer = Trainer(config, digits.n_features, unit_interval=digits.unit_interval)
+    seen = dict(encoder=set(), decoder=set(), vmf=set(), posterior=set(), head=set())
+    trainer.model.encoder.register_forward_hook(lambda m, i, out: seen["encoder"].add(out.dtype))
+    trainer.model.decoder.register_forward_hook(lambda m, i, out: seen["decoder"].add(out.dtype))
+    trainer.model.head.register_forward_hook(lambda m, i, out: seen["head"].add(out.dtype))
+    real_vmf, real_posterior = dhvc_module.VonMisesFisher, trainer.model.mixture.log_posterior
+
+    def vmf(mu, kappa, **kw):
+        seen["vmf"].add((mu.dtype, kappa.dtype))
+        return real_vmf(mu, kappa, **kw)
+
+    def posterior(z):
+        out = real_posterior(z)
+        seen["posterior"].add((z.dtype, out.dtype))
+        return out
+
+    monkeypatch.setattr(dhvc_module, "VonMisesFisher", vmf)
+    monkeypatch.setattr(trainer.model.mixture, "log_posterior", posterior)
+    before = [p.detach().clone() for p in trainer.model.encoder.parameters()]
+    history = trainer.fit(digits)
+    assert [r["phase"] for r in history] == ["pretrain", "joint"]
+    assert all(np.isfinite(r[k]) for r in history for k in ("loss", "recon", "kl_post", "nbr"))
+    assert history[-1]["nbr"] > 0
+    assert seen["encoder"] == {torch.bfloat16} and seen["decoder"] == {torch.bfloat16}
+    assert seen["vmf"] == {(torch.float32, torch.float32)}
+    assert {z for z, _ in seen["posterior"]} <= {torch.float32, torch.float64}
+    assert {out for _, out in seen["posterior"]} <= {torch.float32, torch.float64}
+    assert torch.float32 in seen["head"] and torch.bfloat16 not in seen["head"]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.encoder.parameters()))

@@ -127,25 +127,32 @@ class DHVCNet(nn.Module):
     def encode(self, x):
         """x (B, D) -> (mu (B, d) unit rows, kappa (B,) in [kappa_min, kappa_max])."""
         h = self.encoder(x)
-        mu = F.normalize(self.to_mu(h), dim=-1)
-        kappa = (F.softplus(self.to_kappa(h)).squeeze(-1) + self.kappa_min).clamp(max=self.kappa_max)
+        mu = F.normalize(_full(self.to_mu(h)), dim=-1)
+        kappa = (F.softplus(_full(self.to_kappa(h))).squeeze(-1) + self.kappa_min).clamp(max=self.kappa_max)
         return mu, kappa
 
     def decode(self, z):
         """z (B, d) -> (B, D) Bernoulli logits or Gaussian means."""
-        return self.decoder(z)
+        return _full(self.decoder(z))
 
     def cluster_log_probs(self, mu):
         """log q(c|x) (B, K) from the mean directions mu (B, d)."""
         if self.head is None:
             return self.mixture.log_posterior(mu)
-        return F.log_softmax(self.head(mu), dim=-1)
+        return F.log_softmax(_full(self.head(mu)), dim=-1)
 
     def reconstruction_nll(self, out, x):
         """-log p(x|z) per row (B,): Bernoulli cross-entropy, or 0.5 |x - out|^2 (unit variance, no constant)."""
         if self.likelihood == "bernoulli":
             return F.binary_cross_entropy_with_logits(out, x, reduction="none").sum(-1)
         return 0.5 * (out - x).pow(2).sum(-1)
+
+
+def _full(t):
+    """t in float32 when a bfloat16 / float16 autocast made it narrower (``TrainConfig.bf16``): the layers run
+    in bfloat16, but what the vMF terms, the mixture posterior and the objective's log-sum-exps take is
+    float32 (bfloat16's 8-bit mantissa would put errors of ~0.4% into kappa and log C_d). Else t as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _entropy(log_p):
@@ -160,34 +167,50 @@ def dhvc_loss(model, x, weights, *, phase="joint", targets=None):
     phase="joint" is the full objective of the module docstring. ``targets`` (B, K), rows summing to 1, adds the
     neighbour term gamma CE(targets, q(c|x)) (joint phase only); without them ``nbr`` is 0.
     """
+    # Under a bfloat16 autocast (TrainConfig.bf16) only the encoder and the decoder run narrow: the sampler,
+    # the KLs, the head, the mixture posterior and the log-sum-exps run in float32 (autocast off).
     mu, kappa = model.encode(x)
-    posterior = VonMisesFisher(mu, kappa, validate_args=False)
-    z = posterior.rsample()
+    with _full_precision(x):
+        posterior = VonMisesFisher(mu, kappa, validate_args=False)
+        z = posterior.rsample()
+        kl_prior = torch.distributions.kl_divergence(
+            posterior, HypersphericalUniform(model.latent_dim, device=x.device, dtype=mu.dtype)).mean()
     recon = model.reconstruction_nll(model.decode(z), x).mean()
-    kl_prior = torch.distributions.kl_divergence(
-        posterior, HypersphericalUniform(model.latent_dim, device=x.device, dtype=mu.dtype)).mean()
     loss = recon + weights.beta * kl_prior
     zero = torch.zeros((), device=x.device, dtype=loss.dtype)
     terms = dict(recon=recon, kl_prior=kl_prior, kl_post=zero, h_c=zero, h_c_given_z=zero, nbr=zero)
     if phase == "joint":
-        log_q = model.cluster_log_probs(mu)  # (B, K)
-        log_p = model.mixture.log_posterior(z)  # (B, K)
-        if weights.kl_direction == "forward":
-            kl_post = (log_q.exp() * (log_q - log_p)).sum(-1).mean()
-        else:
-            kl_post = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
-        h_c_given_z = _entropy(log_q).mean()
-        h_c = _entropy(torch.logsumexp(log_q, dim=0) - math.log(x.shape[0]))  # log qbar
-        loss = loss + weights.alpha * kl_post - weights.eta * (weights.lam * h_c - h_c_given_z)
-        terms.update(kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z)
-        if targets is not None:
-            if targets.shape != log_q.shape:
-                raise ValueError(f"dhvc_loss: targets must have the shape of q(c|x) {tuple(log_q.shape)}, "
-                                 f"got {tuple(targets.shape)}")
-            nbr = -(targets.to(log_q.dtype) * log_q).sum(-1).mean()
-            loss = loss + weights.gamma * nbr
-            terms["nbr"] = nbr
-    elif phase != "pretrain":
+        with _full_precision(x):
+            return _joint_terms(model, mu, z, weights, targets, loss, terms)
+    if phase != "pretrain":
         raise ValueError(f"dhvc_loss: phase must be 'pretrain' or 'joint', got {phase!r}")
+    terms["loss"] = loss
+    return terms
+
+
+def _full_precision(x):
+    """A context with autocast off on x's device type (the objective's vMF and cluster terms, see dhvc_loss)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _joint_terms(model, mu, z, weights, targets, loss, terms):
+    """The joint phase's cluster terms added to ``loss`` and ``terms`` (dhvc_loss, in full precision)."""
+    log_q = model.cluster_log_probs(mu)  # (B, K)
+    log_p = model.mixture.log_posterior(z)  # (B, K)
+    if weights.kl_direction == "forward":
+        kl_post = (log_q.exp() * (log_q - log_p)).sum(-1).mean()
+    else:
+        kl_post = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    h_c_given_z = _entropy(log_q).mean()
+    h_c = _entropy(torch.logsumexp(log_q, dim=0) - math.log(mu.shape[0]))  # log qbar
+    loss = loss + weights.alpha * kl_post - weights.eta * (weights.lam * h_c - h_c_given_z)
+    terms.update(kl_post=kl_post, h_c=h_c, h_c_given_z=h_c_given_z)
+    if targets is not None:
+        if targets.shape != log_q.shape:
+            raise ValueError(f"dhvc_loss: targets must have the shape of q(c|x) {tuple(log_q.shape)}, "
+                             f"got {tuple(targets.shape)}")
+        nbr = -(targets.to(log_q.dtype) * log_q).sum(-1).mean()
+        loss = loss + weights.gamma * nbr
+        terms["nbr"] = nbr
     terms["loss"] = loss
     return terms
