@@ -10,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_DEFAULT := torch==2.13.0
-DEPS := numpy scipy scikit-learn tqdm matplotlib pyyaml mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical umap-learn tensorboard
+DEPS := numpy scipy scikit-learn tqdm matplotlib pyyaml mpmath ninja pytest pytest-benchmark setuptools wheel power-spherical umap-learn tensorboard faiss-cpu
 # `make demo` writes its run here (build/ is ignored by git); DEMO_ARGS adds `dhvc train` options.
 DEMO_OUT ?= build/demo-digits
 DEMO_ARGS ?=

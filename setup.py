@@ -44,6 +44,7 @@ RUNTIME_DEPS = [
     "scikit-learn>=1.2",
     "tqdm>=4.60",
     "matplotlib>=3.6",
+    "umap-learn>=0.5",  # the manifold start of the default cluster_init="best" (dhvc_ext.manifold)
     "tomli>=1.1; python_version < '3.11'",
 ]
 

@@ -108,7 +108,9 @@ def run_seed(dataset, config):
     pre = [r["samples_per_s"] for r in trainer.history if r["phase"] == "pretrain"]
     throughput = dict(joint=float(np.median(joint)) if joint else None,
                       pretrain=float(np.median(pre)) if pre else None)
-    return dict(rows=rows, throughput=throughput, history=trainer.history), trainer
+    branches = trainer.branches or {}
+    start = dict(chosen=branches.get("chosen", config.starts[0]), objectives=branches.get("objectives", {}))
+    return dict(rows=rows, throughput=throughput, history=trainer.history, start=start), trainer
 
 
 def op_share(trainer, dataset, steps=20):
@@ -130,10 +132,12 @@ def op_share(trainer, dataset, steps=20):
     return dict(share=sum(ours.values()) / total, per_op={k: v / total for k, v in sorted(ours.items())})
 
 
-def seed_job(data, data_dir, scaling, threads, config, with_share):
+def seed_job(data, data_dir, scaling, subset, threads, config, with_share):
     """One seed in its own process (``--jobs``): the run's result, and the op share when asked."""
     torch.set_num_threads(threads)
     dataset = load_dataset(data, data_dir=data_dir, scaling=scaling)
+    if subset:
+        dataset = dataset.subset(subset, seed=0)
     result, trainer = run_seed(dataset, config)
     return result, op_share(trainer, dataset) if with_share else None, hardware(trainer.device)
 
@@ -150,6 +154,9 @@ def per_seed_table(per_seed):
     for method in METHODS:
         cells = [" / ".join(f"{100 * s['rows'][method][k]:.1f}" for k in ("acc", "nmi", "ari")) for s in per_seed]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("| DHVC start kept (final objective of each start) | " + " | ".join(
+        s["start"]["chosen"] + "".join(f"; {k} {v:.3f}" for k, v in s["start"]["objectives"].items())
+        for s in per_seed) + " |")
     return lines + [""]
 
 
@@ -159,6 +166,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="directory of the Fashion-MNIST idx files")
     parser.add_argument("--scaling", default="minmax", choices=("minmax", "standard"),
                         help="feature scaling (standard: per-feature z-scores, for tabular data)")
+    parser.add_argument("--subset", type=int, default=None,
+                        help="use this many rows, drawn once (seed 0, no label used), the same for every seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (per seed)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -175,6 +184,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = load_dataset(args.data, data_dir=args.data_dir, scaling=args.scaling)
+    if args.subset:
+        dataset = dataset.subset(args.subset, seed=0)
     if dataset.y is None:
         parser.error(f"{args.data} has no labels: the table needs them")
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
@@ -187,7 +198,7 @@ def main(argv=None):
         import multiprocessing
         pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
         with pool:
-            jobs = [pool.submit(seed_job, args.data, args.data_dir, args.scaling, args.threads, c, i == 0)
+            jobs = [pool.submit(seed_job, args.data, args.data_dir, args.scaling, args.subset, args.threads, c, i == 0)
                     for i, c in enumerate(configs)]
             done = [job.result() for job in jobs]
         results, share, hw = [r for r, _, _ in done], done[0][1], done[0][2]
@@ -207,7 +218,7 @@ def main(argv=None):
     out = args.out or RESULTS / f"dhvc_{pathlib.Path(args.data).stem}_{date}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
-        f"# DHVC on {args.data} ({len(dataset)} samples, {dataset.n_features} features, "
+        f"# DHVC on {args.data}{' (subset)' if args.subset else ''} ({len(dataset)} samples, {dataset.n_features} features, "
         f"{config['n_clusters']} clusters), {date}",
         "",
         f"Command: `python benchmarks/dhvc_results.py {' '.join(sys.argv[1:] if argv is None else argv)}`",

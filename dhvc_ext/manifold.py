@@ -16,25 +16,51 @@ digits); the vote of several runs varies far less than one run. ``manifold_poste
 whose neighbour counts cycle through ``neighbors`` (15, 30, 50: the local-to-global range of UMAP's
 documentation), so that no single neighbourhood size, tuned to one data set, is the default.
 
-umap-learn is an optional dependency (``pip install umap-learn``); these functions raise an ImportError
-that says so when it is missing.
+Large data: UMAP's cost grows faster than N (about 25 s a run for 10000 Fashion-MNIST rows on one thread,
+hours for 1e6), so above ``MANIFOLD_MAX_ROWS`` rows ``manifold_posteriors`` clusters that many landmark rows
+(drawn with the seed) and gives every other row the mean consensus probabilities of its
+``LANDMARK_NEIGHBORS`` nearest landmarks (cosine, exact, in blocks: O(N L D) work, no N x L matrix).
+
+umap-learn is a dependency of dhvc-ext (the default start of DHVC's joint phase uses it); these functions
+raise an ImportError that says how to install it when it is missing.
 """
 import warnings
 
 import numpy as np
 
-__all__ = ["umap_gmm", "consensus", "manifold_posteriors", "MANIFOLD_NEIGHBORS"]
+__all__ = ["umap_gmm", "consensus", "manifold_posteriors", "extend_to_rows", "MANIFOLD_NEIGHBORS",
+           "MANIFOLD_MAX_ROWS"]
 
 #: Neighbour counts the runs of ``manifold_posteriors`` cycle through.
 MANIFOLD_NEIGHBORS = (15, 30, 50)
+#: Above this many rows ``manifold_posteriors`` clusters landmark rows and extends to the rest (docstring).
+MANIFOLD_MAX_ROWS = 20_000
+#: Landmarks whose probabilities a non-landmark row averages.
+LANDMARK_NEIGHBORS = 10
+#: Rows of X per block of the landmark search.
+_LANDMARK_BLOCK = 4096
+
+
+_MISSING = ("dhvc_ext.manifold needs umap-learn, a dependency of dhvc-ext that is not installed here: pip install "
+            "umap-learn (or `make venv`, which installs it); or train with cluster_init='mixture' "
+            "(--cluster-init mixture), which does not use it")
+
+
+def require_umap():
+    """Raise ImportError (saying how to install it) unless umap-learn can be imported; cheap, imports nothing.
+    ``Trainer.fit`` calls it before pretraining when a start needs UMAP, not after."""
+    import importlib.util
+    import sys
+
+    if (sys.modules["umap"] is None) if "umap" in sys.modules else importlib.util.find_spec("umap") is None:
+        raise ImportError(_MISSING)
 
 
 def _umap():
     try:
         import umap
     except ImportError as exc:  # pragma: no cover - exercised by a test that hides the module
-        raise ImportError("dhvc_ext.manifold needs umap-learn, which is not installed: pip install umap-learn "
-                          "(or `make venv`, which installs it)") from exc
+        raise ImportError(_MISSING) from exc
     return umap
 
 
@@ -94,11 +120,43 @@ def consensus(probas, *, iters=5):
     return vote
 
 
-def manifold_posteriors(X, n_clusters, *, runs=6, neighbors=MANIFOLD_NEIGHBORS, seed=0, progress=False):
+def extend_to_rows(X, landmarks, proba, *, k=LANDMARK_NEIGHBORS):
+    """(N, K): for every row of X (N, D) the mean of ``proba`` (L, K) over its k nearest rows among X[landmarks]
+    (cosine; landmarks (L,) int row numbers, distinct), and for a landmark row its own row of ``proba``."""
+    import torch
+
+    X, landmarks = np.asarray(X), np.asarray(landmarks, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if landmarks.ndim != 1 or proba.shape[0] != len(landmarks) or len(np.unique(landmarks)) != len(landmarks):
+        raise ValueError(f"extend_to_rows: landmarks (L,) distinct row numbers and proba (L, K) needed, got "
+                         f"shapes {landmarks.shape} and {proba.shape}")
+    k = max(1, min(int(k), len(landmarks)))
+    anchors = torch.nn.functional.normalize(torch.as_tensor(X[landmarks], dtype=torch.float32), dim=1)
+    p = torch.as_tensor(proba)
+    out = np.empty((len(X), proba.shape[1]))
+    for lo in range(0, len(X), _LANDMARK_BLOCK):
+        rows = torch.nn.functional.normalize(torch.as_tensor(X[lo:lo + _LANDMARK_BLOCK], dtype=torch.float32), dim=1)
+        nearest = (rows @ anchors.T).topk(k, dim=1).indices  # (b, k)
+        out[lo:lo + len(rows)] = p[nearest].mean(dim=1).numpy()
+    out[landmarks] = proba
+    return out
+
+
+def manifold_posteriors(X, n_clusters, *, runs=6, neighbors=MANIFOLD_NEIGHBORS, seed=0, progress=False,
+                        max_rows=MANIFOLD_MAX_ROWS):
     """(N, K) consensus of ``runs`` UMAP + GMM clusterings of X, run r with neighbors[r % len(neighbors)]
-    neighbours and seed ``seed * 1000 + r``. No label is used."""
+    neighbours and seed ``seed * 1000 + r``; above ``max_rows`` rows, of max_rows landmark rows drawn with the
+    seed, extended to the others by ``extend_to_rows``. No label is used."""
     if isinstance(runs, bool) or not isinstance(runs, (int, np.integer)) or runs < 1:
         raise ValueError(f"manifold_posteriors: runs must be an int >= 1, got {runs!r}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows <= n_clusters:
+        raise ValueError(f"manifold_posteriors: max_rows must be an int > n_clusters, got {max_rows!r}")
+    X = _check(X, n_clusters, "manifold_posteriors")
+    if len(X) > max_rows:
+        landmarks = np.sort(np.random.default_rng(int(seed)).choice(len(X), int(max_rows), replace=False))
+        proba = manifold_posteriors(X[landmarks], n_clusters, runs=runs, neighbors=neighbors,
+                                    seed=seed, progress=progress, max_rows=max_rows)
+        return extend_to_rows(X, landmarks, proba)
     steps = range(int(runs))
     if progress:
         from tqdm.auto import tqdm

@@ -71,9 +71,10 @@ TRAIN_FIELDS = {
                        "k-means++ restarts of the initial mixture fit (the best log-likelihood is kept)"),
     "head_init": ("--head-init", dict(choices=("mixture", "random")),
                   "start the cluster head as p(c|mu_x) of the fitted mixture (exactly), or leave it random"),
-    "cluster_init": ("--cluster-init", dict(choices=("mixture", "manifold")),
-                     "start the clusters from the vMF mixture fitted to the codes, or from a consensus of UMAP + "
-                     "GMM runs on the input rows (needs umap-learn)"),
+    "cluster_init": ("--cluster-init", dict(choices=("mixture", "manifold", "best")),
+                     "start the clusters from the vMF mixture fitted to the codes, from a consensus of UMAP + "
+                     "GMM runs on the input rows (needs umap-learn), or train from both and keep the one whose "
+                     "objective is lower (best: twice the joint epochs)"),
     "manifold_runs": ("--manifold-runs", dict(type=int, metavar="N"),
                       "UMAP + GMM runs in the consensus of --cluster-init manifold"),
     "predict_with": ("--predict-with", dict(choices=("head", "mixture")),

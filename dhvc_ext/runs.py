@@ -381,7 +381,8 @@ def finish(run, quiet, board=None):
         seconds=run.elapsed(), train_seconds=sum(r["seconds"] for r in history), sessions=run.sessions,
         by_rule=by_rule, best=best, data={k: v for k, v in run.data_info.items()}, config=dataclasses.asdict(cfg),
         versions=versions(), device=str(trainer.device), cuda_kernels_used=cuda_kernels(trainer.device)["used"],
-        cuda_kernels_built=cuda_kernels(trainer.device)["built"], labels_file=LABELS)
+        cuda_kernels_built=cuda_kernels(trainer.device)["built"], labels_file=LABELS,
+        start=chosen_start(trainer))
     write_or_fail(out / METRICS, checkpoint.write_json, metrics)
     written = [METRICS, LABELS, LOG, LAST, BEST]
     plots = []
@@ -398,10 +399,20 @@ def finish(run, quiet, board=None):
     sizes = by_rule[rule]["cluster_sizes"]
     lines.append(f"  cluster sizes {min(sizes)}..{max(sizes)} ({sum(s == 0 for s in sizes)} empty); best epoch by "
                  f"training loss: {run.best_epoch}")
+    if metrics["start"]["objectives"]:
+        lines.append(f"  start kept: {metrics['start']['chosen']} (final objective "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in metrics["start"]["objectives"].items()) + ")")
     lines.append(f"  wrote {out}/: {' '.join(written)}")
     if plots:
         lines.append(f"  plots: {' '.join(str(out / p) for p in plots)}")
     return lines
+
+
+def chosen_start(trainer):
+    """The start of the joint phase the final network comes from, and with cluster_init="best" each start's
+    final objective (``dhvc_ext.cluster_start.choose_branch``)."""
+    branches = trainer.branches or {}
+    return dict(chosen=branches.get("chosen", trainer.config.starts[0]), objectives=branches.get("objectives", {}))
 
 
 def write_plots(trainer, dataset, labels, out, history, log):

@@ -60,10 +60,6 @@ from dhvc_ext.train_config import TrainConfig
 
 __all__ = ["TrainConfig", "Trainer", "resolve_device"]
 
-#: Above this many rows on the CPU, ``fit`` warns of the cost of the neighbour term's exact neighbour search
-#: (Fashion-MNIST's 70000 x 784: about 150 s on one thread).
-NEIGHBORS_WARN_ROWS = 200_000
-
 
 def resolve_device(device):
     """torch.device for a config's ``device`` string; see the module docstring for "auto"."""
@@ -134,7 +130,8 @@ class Trainer:
         # the neighbour term: (N, k) neighbours (found when the joint phase starts; saved) and (N, K) targets
         # (recomputed at the start of every joint epoch from the network, so not saved)
         self.neighbor_index, self._targets = None, None
-        self._start_proba = None  # cluster_init="manifold": P0 (N, K), used by the first joint epoch
+        self._start_proba = None  # the manifold start's P0 (N, K), used by its first joint epoch
+        self.branches = None  # cluster_init="best": the pretrained snapshot and each start's outcome (cluster_start)
         self.optimizer = self._make_optimizer("pretrain")
         self.scheduler = None
         self._ddp, self._ddp_phase, self._saved_world, self._rank_rng = None, None, None, None
@@ -173,8 +170,15 @@ class Trainer:
         """Batches of ``dataset`` (``dhvc_ext.batches.row_loader``): shuffled by seed and epoch for training, in
         order for encoding; ``sharded``: this rank's share of each global batch."""
         return row_loader(dataset, self.batch_size(len(dataset)), shuffle=shuffle,
-                          seed=self.config.seed * 100003 + self.epoch, world=self.world, rank=self.rank,
+                          seed=self.config.seed * 100003 + self._schedule_epoch(), world=self.world, rank=self.rank,
                           sharded=sharded, with_index=with_index, pin_memory=self.device.type == "cuda")
+
+    def _schedule_epoch(self):
+        """The epoch as the batch order counts it: every start of cluster_init="best" sees the same orders."""
+        cfg = self.config
+        if self.epoch < cfg.pretrain_epochs or cfg.epochs == 0:
+            return self.epoch
+        return cfg.pretrain_epochs + (self.epoch - cfg.pretrain_epochs) % cfg.epochs
 
     def _objective(self, phase):
         """What a training step calls: the loss function, or with several processes the DDP-wrapped objective
@@ -313,19 +317,21 @@ class Trainer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def init_mixture(self, dataset):
-        """Start the joint phase (``dhvc_ext.cluster_start``): fit the vMF mixture to the encoded data, or with
-        cluster_init="manifold" set it from the manifold consensus P0; start the head as p(c|mu_x); find the
-        neighbours of the neighbour term. Returns the fitted mixture's mean log-likelihood."""
+    def init_mixture(self, dataset, start=None):
+        """Start the joint phase (``dhvc_ext.cluster_start``) from ``start`` (default: the configuration's
+        first): fit the vMF mixture to the encoded data, and for "manifold" set it from the manifold consensus
+        P0; start the head as p(c|mu_x); find the neighbours of the neighbour term (once: every start shares
+        them). Returns the fitted mixture's mean log-likelihood."""
         cfg = self.config
+        start = start or cfg.starts[0]
         loglik, z = cluster_start.fit_mixture(self, dataset)
         self._start_proba = None
-        if cfg.cluster_init == "manifold":
+        if start == "manifold":
             self._start_proba = cluster_start.manifold_start(self, dataset, z)
         self.mixture_initialized = True
         if self.model.head is not None and cfg.head_init == "mixture":
             cluster_start.head_from_mixture(self.model)
-        if cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0:
+        if cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0 and self.neighbor_index is None:
             self.find_neighbors(dataset)
         return loglik
 
@@ -344,7 +350,7 @@ class Trainer:
         if self.config.neighbor_space == "latent":
             x = dist.all_gather_rows(self.encode(dataset, sharded=self.world > 1))  # x itself with one process
         else:
-            x = torch.cat([rows.to(self.device) for rows in self._loader(dataset, shuffle=False)])
+            x = cluster_start.input_rows(self, dataset).to(self.device)
         start, stop = dist.shard_range(n, self.rank, self.world)
         index = knn_indices(x, k, start=start, stop=stop)
         self.neighbor_index = dist.all_gather_rows(index)
@@ -356,9 +362,8 @@ class Trainer:
         if self.neighbor_index is None:
             self._targets = None
             return None
-        start = self._start_proba
-        if start is not None and self.epoch == self.config.pretrain_epochs:
-            # the first joint epoch under cluster_init="manifold": the targets come from the manifold's P0
+        start, self._start_proba = self._start_proba, None
+        if start is not None:  # the first joint epoch from the manifold start: targets from its P0, used once
             self._targets = neighbor_targets(start, self.neighbor_index.to(start.device))
             return self._targets
         mu = self.encode(dataset, sharded=self.world > 1)
@@ -397,13 +402,9 @@ class Trainer:
         """
         cfg = self.config
         cfg.check_rows(len(dataset))
-        if (cfg.neighbors > 0 and cfg.gamma > 0 and cfg.epochs > 0 and self.neighbor_index is None
-                and self.device.type == "cpu" and len(dataset) > NEIGHBORS_WARN_ROWS):
-            n, dim = len(dataset), self.n_features if cfg.neighbor_space == "input" else cfg.latent_dim
-            warnings.warn(f"DHVC: the neighbour term's exact nearest-neighbour search over {n} rows of {dim} "
-                          f"features costs 2 N^2 D = {2.0 * n * n * dim:.1e} flops on the CPU (roughly "
-                          f"{2.0 * n * n * dim / 5e10 / 3600:.1f} h per thread) when the joint phase starts; "
-                          "neighbor_space='latent' or neighbors=0 make it cheap or remove it", stacklevel=2)
+        if "manifold" in cfg.starts and cfg.epochs > 0 and self.epoch < cfg.total_epochs:
+            from dhvc_ext.manifold import require_umap
+            require_umap()  # before hours of pretraining, not after
         if self.world > 1 and self.batch_size(len(dataset)) < self.world:
             raise ValueError(f"DHVC: the batch size {self.batch_size(len(dataset))} (global, over all processes) is "
                              f"smaller than the number of processes {self.world}; every rank needs a row per step")
@@ -417,12 +418,13 @@ class Trainer:
         for _ in epochs:
             phase = "pretrain" if self.epoch < cfg.pretrain_epochs else "joint"
             extra = {}
-            if phase == "joint" and self.epoch == cfg.pretrain_epochs:
-                extra["mixture_loglik"] = self.init_mixture(dataset)
+            branch, joint_epoch = divmod(self.epoch - cfg.pretrain_epochs, max(cfg.epochs, 1))
+            if phase == "joint" and joint_epoch == 0:  # a start of the joint phase (cfg.starts[branch])
+                cluster_start.begin_branch(self, dataset, branch)
+                extra.update(start=cfg.starts[branch], mixture_loglik=self.init_mixture(dataset, cfg.starts[branch]))
                 self.optimizer = self._make_optimizer("joint")
                 self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, cfg.lr_step, cfg.lr_decay)
-            elif (phase == "joint" and cfg.mixture_update == "em"
-                  and (self.epoch - cfg.pretrain_epochs) % cfg.em_every == 0):
+            elif phase == "joint" and cfg.mixture_update == "em" and joint_epoch % cfg.em_every == 0:
                 extra["mixture_loglik"] = self.refresh_mixture(dataset)
             if phase == "joint" and self.neighbor_index is not None:
                 self.update_targets(dataset)
@@ -439,6 +441,8 @@ class Trainer:
                                    samples_per_s=f"{record['samples_per_s']:.0f}")
             if callback is not None and callback(self, record):
                 break
+        if self.epoch == cfg.total_epochs and self.branches is not None and "chosen" not in self.branches:
+            cluster_start.choose_branch(self, dataset)
         if self.epoch == cfg.total_epochs and not self.mixture_initialized:
             # epochs = 0: an autoencoder followed by a vMF mixture (the baseline of the results table)
             loglik = self.init_mixture(dataset)
@@ -480,6 +484,7 @@ class Trainer:
             history=[dict(r) for r in self.history], mixture_initialized=self.mixture_initialized,
             rng=torch.get_rng_state(),
             neighbor_index=None if self.neighbor_index is None else self.neighbor_index.cpu(),
+            branches=self.branches,
         )
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -516,6 +521,7 @@ class Trainer:
         index = state.get("neighbor_index")
         self.neighbor_index = None if index is None else index.to(self.device)
         self._targets = None
+        self.branches = state.get("branches")
         joint = self.mixture_initialized and self.epoch >= self.config.pretrain_epochs
         self.optimizer = self._make_optimizer("joint" if joint else "pretrain")
         self.optimizer.load_state_dict(state["optimizer"])

@@ -23,9 +23,10 @@ class TrainConfig:
     Objective: beta, alpha, eta, lam, kl_direction, gamma (``dhvc_ext.models.LossWeights``); neighbors: k of
     the neighbour term (0: off, the objective of METHOD.md alone) and neighbor_space, where neighbours are
     found: "input" (the scaled data rows) or "latent" (the pretrained encoder's means).
-    Start of the joint phase: cluster_init "mixture" (the vMF mixture fitted to the encoded data) or
+    Start of the joint phase: cluster_init "mixture" (the vMF mixture fitted to the encoded data, METHOD.md),
     "manifold" (our addition: a consensus of manifold_runs UMAP + GMM clusterings of the input rows, see
-    ``dhvc_ext.cluster_start.manifold_start``; needs umap-learn).
+    ``dhvc_ext.cluster_start.manifold_start``; umap-learn) or "best" (our addition, the default: ``epochs``
+    joint epochs from each of the two, the network of the lower final objective kept; ``starts``).
     Schedule: see the module docstring. Predictions: predict_with "head" (argmax q(c|x)) or "mixture"
     (argmax p(c|mu_x)). Runtime: seed, device ("auto", "cpu", "cuda", "cuda:1", ...), bf16 (bfloat16
     autocast of the networks on either device; the vMF terms, the mixture and the log-sum-exps stay float32
@@ -64,7 +65,7 @@ class TrainConfig:
     mixture_fit_on: str = "samples"
     mixture_n_init: int = 5
     head_init: str = "mixture"
-    cluster_init: str = "mixture"
+    cluster_init: str = "best"
     manifold_runs: int = 6
     predict_with: str = "head"
     seed: int = 0
@@ -92,7 +93,7 @@ class TrainConfig:
         choices = dict(likelihood=("auto", "bernoulli", "gaussian"), mixture_update=("em", "gradient"),
                        predict_with=("head", "mixture"), mixture_fit_on=("samples", "means"),
                        head_init=("mixture", "random"), neighbor_space=("input", "latent"),
-                       cluster_init=("mixture", "manifold"))
+                       cluster_init=("mixture", "manifold", "best"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -113,5 +114,12 @@ class TrainConfig:
                            kl_direction=self.kl_direction, gamma=self.gamma)
 
     @property
+    def starts(self):
+        """The starts of the joint phase this configuration trains, in order: cluster_init="best" trains
+        both (``dhvc_ext.cluster_start``), the others one."""
+        return ("mixture", "manifold") if self.cluster_init == "best" else (self.cluster_init,)
+
+    @property
     def total_epochs(self):
-        return self.pretrain_epochs + self.epochs
+        """Pretraining, then ``epochs`` joint epochs from each start (with epochs = 0: the first start only)."""
+        return self.pretrain_epochs + self.epochs * len(self.starts)

@@ -32,7 +32,7 @@ N, K, SEED = 1000, 5, 3
 # Ten epochs of about 0.1 s each: long enough to be interrupted between epochs 1 and 10.
 TINY = ["--data", "digits", "--subset", str(N), "--clusters", str(K), "--hidden", "32", "--latent-dim", "4",
         "--pretrain-epochs", "2", "--epochs", "8", "--batch-size", "20", "--mixture-n-init", "2",
-        "--threads", "1", "--seed", str(SEED)]
+        "--threads", "1", "--seed", str(SEED), "--cluster-init", "mixture"]
 PNGS = ("losses.png", "metrics.png", "latent_pca.png", "confusion.png", "cluster_sizes.png")
 
 
@@ -227,7 +227,8 @@ def call(capsys):
 
 def test_user_errors_exit_with_their_code_and_one_line(call, run_dir, tmp_path):
     out, _ = run_dir
-    model = ["--clusters", "3", "--hidden", "8", "--latent-dim", "3", "--pretrain-epochs", "1", "--epochs", "1"]
+    model = ["--clusters", "3", "--hidden", "8", "--latent-dim", "3", "--pretrain-epochs", "1", "--epochs", "1",
+             "--cluster-init", "mixture"]
 
     def train_error(data, code, *extra, text=""):
         target = tmp_path / f"out{code}"
@@ -288,7 +289,7 @@ def test_divergence_stops_with_its_code_and_keeps_the_last_finite_epoch(call, mo
     out = tmp_path / "run"
     rc, _, err = call("train", "--data", "digits", "--subset", "200", "--clusters", "3", "--hidden", "8",
                       "--latent-dim", "3", "--pretrain-epochs", "2", "--epochs", "2", "--threads", "1",
-                      "--mixture-n-init", "1", "--out", out, "--quiet")
+                      "--mixture-n-init", "1", "--cluster-init", "mixture", "--out", out, "--quiet")
     assert rc == cli.EXIT_DIVERGED
     one_error_line(err, "train", "after epoch 2")
     assert checkpoint.load(out / "last.pt")["trainer"]["epoch"] == 2 and epochs_logged(out) == 2
@@ -421,7 +422,7 @@ def test_bench_runs_the_kernel_benchmarks_and_says_when_they_are_absent(call, tm
 # What a hostile new user tried (issue 17): each through cli.main, the console script's entry point.
 
 SMALL_MODEL = ["--clusters", "3", "--hidden", "8", "--latent-dim", "3", "--pretrain-epochs", "1", "--epochs", "1",
-               "--threads", "1", "--mixture-n-init", "1", "--quiet", "--no-plots"]
+               "--threads", "1", "--mixture-n-init", "1", "--cluster-init", "mixture", "--quiet", "--no-plots"]
 
 
 def copy_run(run_dir, tmp_path):

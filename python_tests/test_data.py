@@ -268,7 +268,7 @@ def test_sparse_and_none_are_type_errors_that_say_what_to_do():
             check_features(value, who="DHVC")
     with pytest.raises(TypeError, match="X is None"):
         check_features(None)
-    model = DHVC(n_clusters=2, hidden=(4,), latent_dim=2, pretrain_epochs=1, epochs=0)
+    model = DHVC(n_clusters=2, hidden=(4,), latent_dim=2, pretrain_epochs=1, epochs=0, cluster_init="mixture")
     with pytest.raises(TypeError, match="toarray"):  # before any training
         model.fit(X)
     with pytest.raises(TypeError, match="X is None"):

@@ -36,7 +36,7 @@ ROOT = HERE.parents[1]
 WORLD = 2
 # One small configuration for every training scenario: 2 pretraining + 3 joint epochs on 300 digits.
 CONFIG = dict(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=50,
-              mixture_n_init=2, num_threads=1, seed=3)
+              mixture_n_init=2, num_threads=1, seed=3, cluster_init="mixture")
 N_ROWS = 600
 STOP_AT = 3  # the epoch after which the training scenario also saves its state (inside the joint phase)
 
@@ -345,7 +345,7 @@ def torchrun(args, cwd, wait=True):
 
 
 TRAIN_ARGS = ["train", "--data", "digits", "--subset", N_ROWS, "--clusters", 5, "--hidden", 32, "--latent-dim", 4,
-              "--mixture-n-init", 2, "--threads", 1, "--seed", 3, "--device", "cpu"]
+              "--mixture-n-init", 2, "--threads", 1, "--seed", 3, "--device", "cpu", "--cluster-init", "mixture"]
 
 
 def test_dhvc_train_under_torchrun_rank_zero_alone_writes(tmp_path):

@@ -30,7 +30,8 @@ from dhvc_ext import checkpoint, cli
 # Two pretraining and two joint epochs of 20 steps on 400 digits, on the CPU (bit for bit): about 0.5 s a run.
 SMALL = ["--data", "digits", "--subset", "400", "--clusters", "4", "--hidden", "32", "--latent-dim", "4",
          "--pretrain-epochs", "2", "--epochs", "2", "--batch-size", "20", "--lr", "0.003", "--pretrain-lr", "0.003",
-         "--mixture-n-init", "1", "--threads", "1", "--seed", "1", "--device", "cpu", "--quiet", "--no-plots"]
+         "--mixture-n-init", "1", "--threads", "1", "--seed", "1", "--device", "cpu", "--quiet", "--no-plots",
+         "--cluster-init", "mixture"]
 CWD = tempfile.gettempdir()
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(Path(cli.__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p])}

@@ -102,3 +102,57 @@ def test_missing_umap_says_how_to_install(monkeypatch):
     X, _ = _blobs(n_per=10, k=2)
     with pytest.raises(ImportError, match="pip install umap-learn"):
         manifold.umap_gmm(X, 2)
+    with pytest.raises(ImportError, match="cluster-init mixture"):
+        manifold.require_umap()
+
+
+def test_training_that_needs_umap_stops_before_pretraining_when_it_is_missing(monkeypatch):
+    from dhvc_ext.data import load_dataset
+    from dhvc_ext.train import TrainConfig, Trainer
+
+    monkeypatch.setitem(sys.modules, "umap", None)
+    data = load_dataset("digits").subset(100, seed=0)
+    for start in ("best", "manifold"):
+        trainer = Trainer(TrainConfig(n_clusters=3, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1,
+                                      cluster_init=start, num_threads=1), data.n_features)
+        with pytest.raises(ImportError, match="pip install umap-learn"):
+            trainer.fit(data)
+        assert trainer.epoch == 0 and trainer.history == []
+    trainer = Trainer(TrainConfig(n_clusters=3, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1,
+                                  cluster_init="mixture", num_threads=1), data.n_features)
+    assert len(trainer.fit(data)) == 2
+
+
+def test_extend_to_rows_keeps_the_landmarks_and_votes_their_nearest():
+    # Four blobs on distinct directions: every row's 10 nearest landmarks (cosine) lie in its own blob, so
+    # a non-landmark row gets its blob's probabilities; a landmark keeps its own row of proba, even a wrong one.
+    X, y = _blobs(n_per=50, k=4, dim=20, seed=3)
+    landmarks = np.sort(np.random.default_rng(0).choice(len(X), 80, replace=False))
+    proba = _one_hot(y[landmarks], 4) * 0.9 + 0.025
+    proba[0] = np.roll(proba[0], 1)  # one landmark labelled wrongly: it stays so, and its neighbours outvote it
+    out = manifold.extend_to_rows(X, landmarks, proba, k=10)
+    assert out.shape == (len(X), 4)
+    np.testing.assert_array_equal(out[landmarks], proba)
+    np.testing.assert_allclose(out.sum(1), 1.0, atol=1e-12)
+    others = np.setdiff1d(np.arange(len(X)), landmarks)
+    assert (out[others].argmax(1) == y[others]).all()
+    with pytest.raises(ValueError, match="distinct"):
+        manifold.extend_to_rows(X, np.array([0, 0]), proba[:2])
+
+
+def test_manifold_posteriors_above_max_rows_clusters_landmarks_and_extends(monkeypatch):
+    calls = []
+    real = manifold.umap_gmm
+
+    def counted(X, k, **kw):
+        calls.append(len(X))
+        return real(X, k, **kw)
+
+    monkeypatch.setattr(manifold, "umap_gmm", counted)
+    X, y = _blobs(n_per=150, k=3, dim=10, seed=4)
+    proba = manifold.manifold_posteriors(X, 3, runs=2, seed=1, max_rows=120)
+    assert calls == [120, 120]  # UMAP saw the landmarks only
+    assert proba.shape == (450, 3)
+    assert adjusted_rand_score(y, proba.argmax(1)) == 1.0
+    with pytest.raises(ValueError, match="max_rows"):
+        manifold.manifold_posteriors(X, 3, max_rows=3)

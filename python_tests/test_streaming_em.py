@@ -125,7 +125,8 @@ def test_dhvc_initialisation_streams_large_encodings(monkeypatch):
 
     data = load_dataset("digits").subset(400, seed=0)
     config = train.TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=0,
-                               batch_size=50, mixture_n_init=2, head_init="random", num_threads=1, seed=1)
+                               batch_size=50, mixture_n_init=2, head_init="random", num_threads=1, seed=1,
+                               cluster_init="mixture")
     in_memory = train.Trainer(config, data.n_features)
     in_memory.fit(data)
     monkeypatch.setattr(cluster_start, "STREAM_MIXTURE_ABOVE", 100)

@@ -15,7 +15,8 @@ from dhvc_ext.models import LOSS_TERMS
 N, SEED = 300, 0
 TINY = ["--data", "digits", "--subset", str(N), "--clusters", "5", "--hidden", "32", "--latent-dim", "4",
         "--pretrain-epochs", "2", "--epochs", "3", "--batch-size", "30", "--mixture-n-init", "1", "--threads", "1",
-        "--device", "cpu", "--seed", str(SEED), "--quiet", "--no-plots"]
+        "--device", "cpu", "--seed", str(SEED), "--quiet", "--no-plots",
+        "--cluster-init", "mixture"]
 
 
 def train(*args):

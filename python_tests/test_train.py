@@ -14,7 +14,8 @@ from dhvc_ext.data import load_dataset
 from dhvc_ext.metrics import clustering_scores
 from dhvc_ext.train import TrainConfig, Trainer
 
-SMALL = dict(hidden=(128, 128), latent_dim=8, pretrain_epochs=20, epochs=8, batch_size=64, mixture_n_init=3,
+SMALL = dict(cluster_init="mixture",
+             hidden=(128, 128), latent_dim=8, pretrain_epochs=20, epochs=8, batch_size=64, mixture_n_init=3,
              num_threads=1)
 
 
@@ -50,7 +51,8 @@ def test_end_to_end_loss_decreases_and_clusters_beat_chance(trained, digits):
 
 
 def test_same_seed_same_parameters_on_cpu(digits):
-    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
                          mixture_n_init=2, num_threads=1, seed=3)
     runs = []
     for _ in range(2):
@@ -64,7 +66,8 @@ def test_same_seed_same_parameters_on_cpu(digits):
 
 
 def test_gradient_mixture_update_trains_the_mixture(digits):
-    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
                          mixture_update="gradient", mixture_n_init=2, num_threads=1)
     trainer = Trainer(config, digits.n_features)
     trainer.fit(digits, callback=lambda t, r: t.epoch == config.pretrain_epochs + 1)
@@ -133,8 +136,8 @@ def test_cuda_device_without_cuda_is_a_clear_error():
 # ---------------------------------------------------------------------------------------------------------
 # the estimator
 
-FAST = dict(hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=1, batch_size=64, mixture_n_init=1,
-            num_threads=1)
+FAST = dict(cluster_init="mixture", hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=1, batch_size=64,
+            mixture_n_init=1, num_threads=1)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -225,7 +228,8 @@ def test_estimator_api(digits):
 
 
 def test_resume_from_a_saved_state_equals_an_uninterrupted_run(digits, tmp_path):
-    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=3, batch_size=100,
                          mixture_n_init=2, num_threads=1, seed=5)
     full = Trainer(config, digits.n_features)
     full.fit(digits)
@@ -258,7 +262,8 @@ def _same_neighbours(index, x):
 
 @pytest.mark.parametrize("space", ["input", "latent"])
 def test_neighbour_term_uses_the_neighbours_and_targets_it_documents(digits, space):
-    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
                          mixture_n_init=2, num_threads=1, seed=1, neighbors=6, neighbor_space=space)
     trainer = Trainer(config, digits.n_features)
     trainer.fit(digits, callback=lambda t, r: t.epoch == 2)  # stop after pretraining
@@ -285,7 +290,8 @@ def test_evaluate_loss_is_the_trained_objective_with_the_neighbour_term(digits):
     from dhvc_ext.models import dhvc_loss
     from dhvc_ext.neighbors import neighbor_targets
 
-    config = TrainConfig(n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=5, hidden=(32,), latent_dim=4, pretrain_epochs=2, epochs=2, batch_size=100,
                          mixture_n_init=2, num_threads=1, seed=1, neighbors=6, pretrain_beta=0.5)
     trainer = Trainer(config, digits.n_features)
     trainer.fit(digits, callback=lambda t, r: t.epoch == 2)  # stop after pretraining
@@ -318,7 +324,8 @@ def test_evaluate_loss_is_the_trained_objective_with_the_neighbour_term(digits):
 
 def test_neighbours_on_tiny_data_and_gamma_zero(digits):
     tiny = digits.subset(4, seed=0)
-    config = TrainConfig(n_clusters=2, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
+    config = TrainConfig(cluster_init="mixture",
+                         n_clusters=2, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
                          num_threads=1, neighbors=10)
     trainer = Trainer(config, tiny.n_features)
     trainer.fit(tiny)
@@ -326,20 +333,6 @@ def test_neighbours_on_tiny_data_and_gamma_zero(digits):
     no_weight = Trainer(TrainConfig(**{**config.__dict__, "gamma": 0.0}), tiny.n_features)
     no_weight.fit(tiny)
     assert no_weight.neighbor_index is None
-
-
-def test_large_data_on_cpu_warns_of_the_neighbour_search_cost(monkeypatch, digits):
-    import dhvc_ext.train as train_module
-
-    monkeypatch.setattr(train_module, "NEIGHBORS_WARN_ROWS", 100)
-    config = TrainConfig(n_clusters=3, hidden=(8,), latent_dim=3, pretrain_epochs=1, epochs=1, mixture_n_init=1,
-                         num_threads=1)
-    with pytest.warns(UserWarning, match="nearest-neighbour search over 600 rows of 64 features"):
-        Trainer(config, digits.n_features).fit(digits)
-    import warnings
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*nearest-neighbour")
-        Trainer(TrainConfig(**{**config.__dict__, "neighbors": 0}), digits.n_features).fit(digits)
 
 
 def test_bf16_on_the_cpu_runs_the_networks_narrow_and_the_vmf_and_mixture_terms_in_float32(digits, monkeypatch):
