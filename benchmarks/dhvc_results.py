@@ -175,6 +175,10 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results .md (default: benchmarks/results/)")
     for field in dataclasses.fields(TrainConfig):
+        if field.type in (bool, "bool") and field.name not in ("seed", "device", "num_threads"):
+            parser.add_argument("--" + field.name.replace("_", "-"), action=argparse.BooleanOptionalAction,
+                                default=field.default)
+            continue
         if field.name in ("seed", "device", "num_threads") or field.type not in (int, float, str, "int", "float", "str"):
             continue
         kind = field.type if field.default is None else type(field.default)
