@@ -30,6 +30,7 @@ import torch
 from sklearn.cluster import KMeans
 
 import dhvc_ext
+from dhvc_ext import cluster_start
 from dhvc_ext.data import load_dataset
 from dhvc_ext.manifold import umap_gmm
 from dhvc_ext.metrics import clustering_scores
@@ -108,8 +109,7 @@ def run_seed(dataset, config):
     pre = [r["samples_per_s"] for r in trainer.history if r["phase"] == "pretrain"]
     throughput = dict(joint=float(np.median(joint)) if joint else None,
                       pretrain=float(np.median(pre)) if pre else None)
-    branches = trainer.branches or {}
-    start = dict(chosen=branches.get("chosen", config.starts[0]), objectives=branches.get("objectives", {}))
+    start = cluster_start.start_kept(trainer)
     return dict(rows=rows, throughput=throughput, history=trainer.history, start=start), trainer
 
 

@@ -20,7 +20,7 @@ import torch
 from dhvc_ext import distributed as dist
 from dhvc_ext.mixture import VonMisesFisherMixture
 
-__all__ = ["begin_branch", "choose_branch", "fit_mixture", "head_from_mixture", "manifold_start"]
+__all__ = ["begin_branch", "choose_branch", "fit_mixture", "head_from_mixture", "manifold_start", "start_kept"]
 
 #: Above this many encoded rows the mixture's initial fit streams them in chunks of MIXTURE_CHUNK rows
 #: (k-means++ on a 65536-row sample, no N x K matrix; see VonMisesFisherMixture.fit); at or below it, the
@@ -96,6 +96,13 @@ def head_from_mixture(model):
     weight, bias = model.mixture.score_arguments(torch.float64)
     model.head.weight.copy_(weight.to(model.head.weight.dtype))
     model.head.bias.copy_(bias.to(model.head.bias.dtype))
+
+
+def start_kept(trainer):
+    """{"chosen": the start the trainer's network comes from, "objectives": {start: final objective} under
+    cluster_init="best" once chosen, else {}}."""
+    branches = trainer.branches or {}
+    return dict(chosen=branches.get("chosen", trainer.config.starts[0]), objectives=branches.get("objectives", {}))
 
 
 def _model_copy(trainer):

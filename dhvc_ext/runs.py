@@ -347,6 +347,8 @@ def loss_terms():
 def finish(run, quiet, board=None):
     """After the last epoch: final checkpoints, labels.npy, metrics.json, plots, the TensorBoard embedding
     (``board``). Returns the lines to print."""
+    from dhvc_ext.cluster_start import start_kept
+
     trainer, dataset, out = run.trainer, run.dataset, run.out
     cfg = trainer.config
     # fit() fits the mixture after the last epoch when there is no joint phase: save that state; with no joint
@@ -382,7 +384,7 @@ def finish(run, quiet, board=None):
         by_rule=by_rule, best=best, data={k: v for k, v in run.data_info.items()}, config=dataclasses.asdict(cfg),
         versions=versions(), device=str(trainer.device), cuda_kernels_used=cuda_kernels(trainer.device)["used"],
         cuda_kernels_built=cuda_kernels(trainer.device)["built"], labels_file=LABELS,
-        start=chosen_start(trainer))
+        start=start_kept(trainer))
     write_or_fail(out / METRICS, checkpoint.write_json, metrics)
     written = [METRICS, LABELS, LOG, LAST, BEST]
     plots = []
@@ -406,13 +408,6 @@ def finish(run, quiet, board=None):
     if plots:
         lines.append(f"  plots: {' '.join(str(out / p) for p in plots)}")
     return lines
-
-
-def chosen_start(trainer):
-    """The start of the joint phase the final network comes from, and with cluster_init="best" each start's
-    final objective (``dhvc_ext.cluster_start.choose_branch``)."""
-    branches = trainer.branches or {}
-    return dict(chosen=branches.get("chosen", trainer.config.starts[0]), objectives=branches.get("objectives", {}))
 
 
 def write_plots(trainer, dataset, labels, out, history, log):
@@ -479,7 +474,8 @@ def run_training(run, args, guard):
     progress = progress and main and trainer.world == 1  # the bars count one process's samples
     if not quiet:
         state = (f"resuming after epoch {trainer.epoch} of {cfg.total_epochs}" if args.resume
-                 else f"{cfg.pretrain_epochs} pretraining + {cfg.epochs} joint epochs")
+                 else f"{cfg.pretrain_epochs} pretraining + {cfg.epochs} joint epochs"
+                 + (f" from each start ({', '.join(cfg.starts)})" if len(cfg.starts) > 1 else ""))
         print(f"dhvc train: {describe(run.dataset)}, K={cfg.n_clusters}, {state}, on {trainer.device} "
               f"({threads_text()}, {precision_text(trainer)}); writing to {run.out}", file=sys.stderr, flush=True)
     if getattr(args, "profile", False) and main:
