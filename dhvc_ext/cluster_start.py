@@ -63,8 +63,8 @@ def manifold_start(trainer, dataset, z):
     from dhvc_ext.manifold import manifold_posteriors
 
     cfg, mixture, world = trainer.config, trainer.model.mixture, trainer.world
-    x = input_rows(trainer, dataset).numpy()
-    proba = manifold_posteriors(x, cfg.n_clusters, runs=cfg.manifold_runs, seed=cfg.seed)
+    # the rows are read where indexed: above MANIFOLD_MAX_ROWS only the landmarks are held, not N x D
+    proba = manifold_posteriors(dataset.rows(), cfg.n_clusters, runs=cfg.manifold_runs, seed=cfg.seed)
     proba = torch.as_tensor(proba, dtype=torch.float64, device=trainer.device)
     start, stop = dist.shard_range(len(dataset), trainer.rank, world)
     r, zz = proba[start:stop], z.to(torch.float64)
@@ -79,7 +79,8 @@ def manifold_start(trainer, dataset, z):
 
 def input_rows(trainer, dataset):
     """Every scaled input row, (N, D) float32 on the CPU, filled batch by batch into one tensor: one copy of
-    the data at a time, not the batches and their concatenation (3.1 GB each for 1e6 x 784 rows)."""
+    the data at a time, not the batches and their concatenation (3.1 GB each for 1e6 x 784 rows). For the
+    exact neighbour search on CUDA; on the CPU the searches read ``dataset.rows()`` where they need it."""
     out = torch.empty((len(dataset), trainer.n_features), dtype=torch.float32)
     filled = 0
     for rows in trainer._loader(dataset, shuffle=False):

@@ -97,6 +97,11 @@ class Dataset:
         # (whose range may exceed float32 before scaling); the result is float32 either way.
         return ((rows - self.offset) / self.scale).astype(np.float32, copy=False)
 
+    def rows(self) -> "ScaledRows":
+        """A read-only array-like view of the scaled rows (N, D) float32, read only where indexed; see
+        ``ScaledRows``."""
+        return ScaledRows(self)
+
     def subset(self, n: int, seed: int = 0) -> "Dataset":
         """A random subset of ``n`` distinct rows (in file order), the same for the same seed."""
         if not 1 <= n <= len(self):
@@ -108,6 +113,48 @@ class Dataset:
     def torch_dataset(self) -> torch.utils.data.Dataset:
         """A map-style torch Dataset of scaled float32 rows; see ``TorchFeatures``."""
         return TorchFeatures(self)
+
+
+class ScaledRows:
+    """The scaled rows of a ``Dataset`` as an array-like (N, D) float32 that holds none of them: ``view[i]``,
+    ``view[lo:hi]`` and ``view[int array]`` return float32 NumPy rows equal to ``Dataset.features`` of that
+    index (on a memory map only the indexed rows are read). For searches over all rows of data too large to
+    copy (``dhvc_ext.neighbors.knn_indices``, ``dhvc_ext.manifold.manifold_posteriors``): the file's pages
+    are the only copy, and the operating system may drop them."""
+
+    def __init__(self, data: Dataset):
+        self.data = data
+        self.shape = (len(data), data.n_features)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        # the row dtype features() computes in before its cast to float32
+        self._work = np.result_type(data.X.dtype, np.asarray(data.offset).dtype, np.asarray(data.scale).dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return self.data.features(index)
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(view)``: every row, read now (N x D float32 in memory)."""
+        rows = self.data.features()
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def take(self, index, out=None):
+        """Rows ``index`` (int array (B,)) as float32 (B, D), written into ``out`` (at least B rows of float32)
+        when given: the same values as ``features(index)`` without its float temporaries, which for large
+        gathers repeated block after block cost more in page faults than the arithmetic."""
+        index = np.asarray(index, dtype=np.int64)
+        if out is None:
+            return self.data.features(index)
+        out = out[:len(index)]
+        if self._work != np.float32:  # e.g. float64 data: features() rounds once, from float64
+            out[...] = self.data.features(index)
+            return out
+        np.subtract(np.take(self.data.X, index, axis=0), self.data.offset, out=out)
+        np.divide(out, self.data.scale, out=out)
+        return out
 
 
 class TorchFeatures(torch.utils.data.Dataset):

@@ -1,6 +1,9 @@
 """Clusterings of a data set's UMAP manifold: the UMAP + GMM peer, and a label-free consensus of several runs.
 
 Shapes: X (N, D) rows (scaled inputs or latent codes); proba (N, K) cluster probabilities, rows summing to 1.
+``manifold_posteriors`` and ``extend_to_rows`` also take X as an array-like read where indexed (``X[lo:hi]``,
+``X[int array]``, ``X.shape``: a memory map, ``dhvc_ext.data.Dataset.rows()``), so that above
+``MANIFOLD_MAX_ROWS`` rows only the landmarks and one block are ever held.
 
 ``umap_gmm`` is the clustering a user tries first (McConville et al., "N2D: (Not Too) Deep Clustering via
 Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020, on raw rows or on an autoencoder's
@@ -64,15 +67,29 @@ def _umap():
     return umap
 
 
-def _check(X, n_clusters, who):
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"{who}: X must be (N, D) with N > 0, got shape {X.shape}")
-    if not np.isfinite(X).all():
+def _check(X, n_clusters, who, read=True):
+    """X as float32 (N, D), checked; ``read=False``: only X's shape is checked (an array-like too large to read
+    whole, whose blocks ``_finite`` checks as they are read)."""
+    if read or not hasattr(X, "shape"):
+        X = np.asarray(X)
+    shape = tuple(X.shape)
+    if len(shape) != 2 or shape[0] == 0:
+        raise ValueError(f"{who}: X must be (N, D) with N > 0, got shape {shape}")
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters < shape[0]:
+        raise ValueError(f"{who}: n_clusters must be an int with 2 <= n_clusters < N = {shape[0]}, got {n_clusters!r}")
+    if read:
+        return _finite(X, who).astype(np.float32, copy=False)
+    if isinstance(X, np.ndarray):  # an array or memory map: checked now, in blocks, before any UMAP run
+        for lo in range(0, shape[0], _LANDMARK_BLOCK):
+            _finite(X[lo:lo + _LANDMARK_BLOCK], who)
+    return X
+
+
+def _finite(rows, who):
+    rows = np.asarray(rows)
+    if not np.isfinite(rows).all():
         raise ValueError(f"{who}: X has NaN or inf entries")
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or not 2 <= n_clusters < len(X):
-        raise ValueError(f"{who}: n_clusters must be an int with 2 <= n_clusters < N = {len(X)}, got {n_clusters!r}")
-    return X.astype(np.float32, copy=False)
+    return rows
 
 
 def umap_gmm(X, n_clusters, *, n_neighbors=20, seed=0):
@@ -125,17 +142,21 @@ def extend_to_rows(X, landmarks, proba, *, k=LANDMARK_NEIGHBORS):
     (cosine; landmarks (L,) int row numbers, distinct), and for a landmark row its own row of ``proba``."""
     import torch
 
-    X, landmarks = np.asarray(X), np.asarray(landmarks, dtype=np.int64)
+    who = "extend_to_rows"
+    X = X if hasattr(X, "shape") and hasattr(X, "__getitem__") else np.asarray(X)
+    landmarks = np.asarray(landmarks, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if landmarks.ndim != 1 or proba.shape[0] != len(landmarks) or len(np.unique(landmarks)) != len(landmarks):
         raise ValueError(f"extend_to_rows: landmarks (L,) distinct row numbers and proba (L, K) needed, got "
                          f"shapes {landmarks.shape} and {proba.shape}")
+    n = X.shape[0]
     k = max(1, min(int(k), len(landmarks)))
-    anchors = torch.nn.functional.normalize(torch.as_tensor(X[landmarks], dtype=torch.float32), dim=1)
+    anchors = torch.nn.functional.normalize(torch.as_tensor(_finite(X[landmarks], who), dtype=torch.float32), dim=1)
     p = torch.as_tensor(proba)
-    out = np.empty((len(X), proba.shape[1]))
-    for lo in range(0, len(X), _LANDMARK_BLOCK):
-        rows = torch.nn.functional.normalize(torch.as_tensor(X[lo:lo + _LANDMARK_BLOCK], dtype=torch.float32), dim=1)
+    out = np.empty((n, proba.shape[1]))
+    for lo in range(0, n, _LANDMARK_BLOCK):
+        block = _finite(X[lo:lo + _LANDMARK_BLOCK], who)
+        rows = torch.nn.functional.normalize(torch.as_tensor(block, dtype=torch.float32), dim=1)
         nearest = (rows @ anchors.T).topk(k, dim=1).indices  # (b, k)
         out[lo:lo + len(rows)] = p[nearest].mean(dim=1).numpy()
     out[landmarks] = proba
@@ -151,10 +172,11 @@ def manifold_posteriors(X, n_clusters, *, runs=6, neighbors=MANIFOLD_NEIGHBORS, 
         raise ValueError(f"manifold_posteriors: runs must be an int >= 1, got {runs!r}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows <= n_clusters:
         raise ValueError(f"manifold_posteriors: max_rows must be an int > n_clusters, got {max_rows!r}")
-    X = _check(X, n_clusters, "manifold_posteriors")
-    if len(X) > max_rows:
-        landmarks = np.sort(np.random.default_rng(int(seed)).choice(len(X), int(max_rows), replace=False))
-        proba = manifold_posteriors(X[landmarks], n_clusters, runs=runs, neighbors=neighbors,
+    n = X.shape[0] if hasattr(X, "shape") else len(X)
+    X = _check(X, n_clusters, "manifold_posteriors", read=n <= max_rows)
+    if n > max_rows:
+        landmarks = np.sort(np.random.default_rng(int(seed)).choice(n, int(max_rows), replace=False))
+        proba = manifold_posteriors(np.asarray(X[landmarks]), n_clusters, runs=runs, neighbors=neighbors,
                                     seed=seed, progress=progress, max_rows=max_rows)
         return extend_to_rows(X, landmarks, proba)
     steps = range(int(runs))

@@ -65,6 +65,12 @@ def knn_indices(x, k, *, start=0, stop=None, block=None, method="auto"):
     cosine similarity to it, itself excluded (by position: a duplicate row is a neighbour), most similar first.
     Needs 1 <= k < N.
 
+    ``x``: a tensor, or an array-like of float32 NumPy rows read where indexed (``x[lo:hi]``, ``x[int array]``,
+    ``x.shape``; a NumPy array or memory map, or ``dhvc_ext.data.Dataset.rows()``). The approximate search
+    reads such rows block by block and never holds all of them (at 1e6 x 784 the rows are 3.1 GB as float32);
+    the exact search reads them into one float32 tensor first. The result is on x's device (the CPU for an
+    array-like).
+
     ``method``: "exact" searches every row (one (block, N) matrix product per block of query rows on x's
     device, O((stop - start) N D) work, at most ``KNN_BLOCK_ENTRIES`` similarities in memory, ``block`` rows
     per product when given; ties broken by torch.topk); "faiss" searches an approximate index of all N rows
@@ -73,7 +79,7 @@ def knn_indices(x, k, *, start=0, stop=None, block=None, method="auto"):
     start..stop is searched in an index of every row, so blocks equal the slices of the whole result."""
     if method not in _METHODS:
         raise ValueError(f"knn_indices: method must be one of {_METHODS}, got {method!r}")
-    if x.dim() != 2:
+    if len(x.shape) != 2:
         raise ValueError(f"knn_indices: x must be (N, D), got shape {tuple(x.shape)}")
     n = x.shape[0]
     stop = n if stop is None else stop
@@ -81,10 +87,12 @@ def knn_indices(x, k, *, start=0, stop=None, block=None, method="auto"):
         raise ValueError(f"knn_indices: k must be an int with 1 <= k < N = {n}, got {k!r}")
     if not 0 <= start <= stop <= n:
         raise ValueError(f"knn_indices: need 0 <= start <= stop <= N = {n}, got start={start}, stop={stop}")
+    rows = _Rows(x)
+    if method == "faiss" or (method == "auto" and rows.device.type == "cpu" and n > KNN_FAISS_ABOVE):
+        return _knn_faiss(rows, k, start, stop)  # checks every row is finite as it reads it
+    x = rows.all()
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("knn_indices: x has NaN or inf entries")
-    if method == "faiss" or (method == "auto" and x.device.type == "cpu" and n > KNN_FAISS_ABOVE):
-        return _knn_faiss(x, k, start, stop)
+        raise ValueError(_NOT_FINITE)
     x = F.normalize(x.float(), dim=1)
     block = block or max(1, min(4096, KNN_BLOCK_ENTRIES // n))
     out = torch.empty((stop - start, k), dtype=torch.int64, device=x.device)
@@ -97,10 +105,52 @@ def knn_indices(x, k, *, start=0, stop=None, block=None, method="auto"):
     return out
 
 
+_NOT_FINITE = "knn_indices: x has NaN or inf entries"
+
+
+class _Rows:
+    """Block reads of knn_indices' x: a tensor, or an array-like of float32 NumPy rows (see knn_indices)."""
+
+    def __init__(self, x):
+        self.x, self.is_tensor = x, isinstance(x, torch.Tensor)
+        self.shape = tuple(x.shape)
+        self.device = x.device if self.is_tensor else torch.device("cpu")
+        self.dtype = x.dtype if self.is_tensor else torch.float32
+
+    def __len__(self):
+        return self.shape[0]
+
+    def all(self):
+        """Every row as one tensor (the exact search)."""
+        if self.is_tensor:
+            return self.x
+        out = torch.empty(self.shape, dtype=torch.float32)
+        for lo, hi in _row_blocks(*self.shape):
+            out[lo:hi] = self.block(lo, hi)
+        return out
+
+    def block(self, lo, hi):
+        """Rows lo..hi-1 (hi - lo, D), checked finite."""
+        rows = self.x[lo:hi] if self.is_tensor else torch.from_numpy(np.asarray(self.x[lo:hi], dtype=np.float32))
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(_NOT_FINITE)
+        return rows
+
+    def take(self, index, out=None):
+        """Rows ``index`` (int64 tensor (B,)), written into ``out`` (at least B rows) when given."""
+        if self.is_tensor:
+            return self.x[index] if out is None else torch.index_select(self.x, 0, index, out=out[:len(index)])
+        if out is not None and hasattr(self.x, "take"):  # e.g. ScaledRows.take: no temporaries
+            self.x.take(index.numpy(), out=out.numpy())
+            return out[:len(index)]
+        rows = torch.from_numpy(np.asarray(self.x[index.numpy()], dtype=np.float32))
+        return rows if out is None else out[:len(index)].copy_(rows)
+
+
 def _exact_rows(x, rows, k):
-    """(len(rows), k): the exact search for a few rows ``rows`` (int64) of x, x normalised block by block."""
-    u = F.normalize(x[rows].float(), dim=1)
-    sim = torch.cat([u @ F.normalize(x[lo:hi].float(), dim=1).T for lo, hi in _row_blocks(len(x), x.shape[1])], 1)
+    """(len(rows), k): the exact search for a few rows ``rows`` (int64) of x (``_Rows``), read block by block."""
+    u = F.normalize(x.take(rows).float(), dim=1)
+    sim = torch.cat([u @ F.normalize(x.block(lo, hi).float(), dim=1).T for lo, hi in _row_blocks(*x.shape)], 1)
     sim[torch.arange(len(rows), device=x.device), rows] = -float("inf")
     return sim.topk(k, dim=1).indices
 
@@ -115,8 +165,9 @@ def _import_faiss():
     return faiss
 
 
-def _row_blocks(n, width, entries=KNN_BLOCK_ENTRIES):
-    size = max(1, min(65536, entries // max(1, width)))
+def _row_blocks(n, width, entries=None):
+    """(lo, hi) blocks of n rows of ``width`` entries, at most ``entries`` (KNN_BLOCK_ENTRIES) per block."""
+    size = max(1, min(65536, (entries or KNN_BLOCK_ENTRIES) // max(1, width)))
     return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
 
 
@@ -132,8 +183,8 @@ def _search_space(x):
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:FAISS_PCA_SAMPLE].sort().values
         total = torch.zeros(dim, dtype=torch.float64, device=x.device)
         gram = torch.zeros((dim, dim), dtype=torch.float64, device=x.device)
-        for lo, hi in _row_blocks(len(rows), dim, entries=1 << 22):  # float64 blocks of at most 32 MB
-            u = F.normalize(x[rows[lo:hi].to(x.device)].double(), dim=1)
+        for lo, hi in _row_blocks(len(rows), dim, entries=KNN_BLOCK_ENTRIES // 4):  # float64: 32 MB at most
+            u = F.normalize(x.take(rows[lo:hi].to(x.device)).double(), dim=1)
             total += u.sum(dim=0)
             gram += u.T @ u
         mean = total / len(rows)
@@ -142,7 +193,7 @@ def _search_space(x):
         mean, axes = mean.float(), vectors[:, -FAISS_PCA_DIM:].float()  # (D,), (D, p)
 
     def project(lo, hi):
-        u = F.normalize(x[lo:hi].float(), dim=1)
+        u = F.normalize(x.block(lo, hi).float(), dim=1)
         if axes is not None:
             u = (u - mean) @ axes
         return np.ascontiguousarray(u.cpu().numpy(), dtype=np.float32)
@@ -153,13 +204,14 @@ def _search_space(x):
 def _knn_faiss(x, k, start, stop):
     """The approximate search of ``knn_indices``; the module docstring's "At scale" gives the method and why
     its parameters are what they are. Memory: the index (N x min(D, 128) float32 and about 150 bytes of links
-    per row) and blocks of at most 65536 rows; no N x N, no copy of x."""
+    per row) and blocks of at most 65536 rows; no N x N, no copy of x. ``x``: a ``_Rows``."""
     faiss = _import_faiss()
     n, dim = x.shape
     candidates = min(n, max(FAISS_CANDIDATES * k, k + 1))  # itself among them
-    project, p = _search_space(x)
-    inv_norm = torch.cat([torch.linalg.vector_norm(x[lo:hi].float(), dim=1)
+    # first: this pass checks that every row is finite before the PCA sees any
+    inv_norm = torch.cat([torch.linalg.vector_norm(x.block(lo, hi).float(), dim=1)
                           for lo, hi in _row_blocks(n, dim)]).clamp_min(1e-12).reciprocal()
+    project, p = _search_space(x)
     index = faiss.IndexHNSWFlat(p, HNSW_M, faiss.METRIC_L2)
     index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     index.hnsw.efSearch = max(HNSW_EF_SEARCH, candidates)
@@ -191,8 +243,8 @@ def _rerank(x, inv_norm, found, lo, k, buffer):
     b, c = found.shape
     rows = torch.arange(lo, lo + b, device=x.device)
     safe = found.clamp_min(0)
-    cand = torch.index_select(x, 0, safe.reshape(-1), out=buffer[:b * c]).view(b, c, -1)
-    sim = torch.bmm(cand.float(), x[lo:lo + b].float()[:, :, None]).squeeze(2)  # (b, c)
+    cand = x.take(safe.reshape(-1), out=buffer).view(b, c, -1)
+    sim = torch.bmm(cand.float(), x.block(lo, lo + b).float()[:, :, None]).squeeze(2)  # (b, c)
     sim *= inv_norm[safe] * inv_norm[lo:lo + b, None]
     sim[(found < 0) | (found == rows[:, None])] = -float("inf")
     best = sim.topk(k, dim=1)

@@ -339,7 +339,9 @@ class Trainer:
     def find_neighbors(self, dataset):
         """The ``neighbors`` nearest rows of every row (cosine; k is lowered to N - 1 on smaller data), kept in
         ``neighbor_index`` (N, k) for the neighbour term: among the scaled input rows (``neighbor_space =
-        "input"``; all of them are read onto the device, N x D float32) or the encoded means mu_x ("latent").
+        "input"``; on the CPU read from the data set block by block, ``Dataset.rows()``, so the approximate
+        search above KNN_FAISS_ABOVE rows never holds all N x D of them; on CUDA all of them are copied to the
+        device for the exact search there) or the encoded means mu_x ("latent").
         With several processes each rank finds the neighbours of its block of rows and the blocks are
         gathered: every rank holds the whole index, the same everywhere."""
         n = len(dataset)
@@ -349,6 +351,8 @@ class Trainer:
             return None
         if self.config.neighbor_space == "latent":
             x = dist.all_gather_rows(self.encode(dataset, sharded=self.world > 1))  # x itself with one process
+        elif self.device.type == "cpu":
+            x = dataset.rows()
         else:
             x = cluster_start.input_rows(self, dataset).to(self.device)
         start, stop = dist.shard_range(n, self.rank, self.world)
